@@ -1,0 +1,118 @@
+"""Spherical token embeddings and the softmax converter of DSL (paper §4.2).
+
+The converter maps a noisy embedding z (dimension d) to the backbone's input space (dimension D):
+
+    π = softmax(β · z · Kᵀ + b),   K = [E ; 0] ∈ R^{(V+1)×d}                (paper §4.2)
+    h = W_trans · π + c
+
+Slot V is the mask slot: its key is the zero vector, so its logit is b_V for every z. At γ = 0
+(z = 0) the mask slot wins; with β = 1 and b = log prior, π restricted to the token slots is the
+exact Bayes posterior of the token given z (log p(z|x) = z·x + const for unit x).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SphericalEmbedding(nn.Module):
+    """Token embeddings kept on the unit sphere: every use renormalises the rows.
+
+    The raw parameter `weight` (V, d) is free; `unit_weight()` and `forward` return unit rows.
+    Normalising on use (instead of a cached weight-norm tensor) means training cannot leave the
+    sphere and nothing goes stale after `load_state_dict`.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight)
+
+    def unit_weight(self) -> torch.Tensor:
+        """All rows, unit norm, fp32: shape (V, d)."""
+        return F.normalize(self.weight.float(), dim=-1)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings of `input_ids`, shape (*input_ids.shape, d), fp32."""
+        return F.normalize(F.embedding(input_ids, self.weight).float(), dim=-1)
+
+
+class SoftmaxConverter(nn.Module):
+    """π = softmax(β z [E;0]ᵀ + b) over V+1 slots, h = W_trans π + c (paper §4.2).
+
+    Args:
+        vocab_size: V, the number of token slots (the mask slot is index V).
+        noise_dim: d.
+        hidden_size: D, the backbone width.
+        beta_init: initial β (learnable scalar).
+        mask_bias_init: initial b_V; token biases start at 0.
+        bias: whether h has the additive bias c.
+
+    Parameter names follow DSL-LLaDA's checkpoints (`beta`, `logit_bias`,
+    `backbone_embedding.weight` (D, V+1), `backbone_embedding.bias` (D,)).
+    """
+
+    def __init__(self, vocab_size: int, noise_dim: int, hidden_size: int, beta_init: float,
+                 mask_bias_init: float, bias: bool = True):
+        super().__init__()
+        self.vocab_size, self.noise_dim = vocab_size, noise_dim
+        self.beta_init, self.mask_bias_init = float(beta_init), float(mask_bias_init)
+        self.beta = nn.Parameter(torch.tensor(self.beta_init))
+        self.logit_bias = nn.Parameter(torch.zeros(vocab_size + 1))
+        self.backbone_embedding = nn.Linear(vocab_size + 1, hidden_size, bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.beta.fill_(self.beta_init)
+            self.logit_bias.zero_()
+            self.logit_bias[-1] = self.mask_bias_init
+        self.backbone_embedding.reset_parameters()
+        if self.backbone_embedding.bias is not None:
+            nn.init.zeros_(self.backbone_embedding.bias)
+
+    def slot_logits(self, z: torch.Tensor, unit_embeddings: torch.Tensor) -> torch.Tensor:
+        """β z Kᵀ + b in fp32, shape (..., V+1). Autocast is off: a V-way bf16 softmax misorders."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            keys = F.pad(unit_embeddings.float(), (0, 0, 0, 1))  # (V+1, d), last row = mask key 0
+            scaled = z.float() * self.beta.float()  # fold β into z: (…, d) is cheap, (…, V+1) is not
+            return F.linear(scaled, keys, self.logit_bias.float())
+
+    def slot_probs(self, z: torch.Tensor, unit_embeddings: torch.Tensor) -> torch.Tensor:
+        """π over the V+1 slots (fp32), shape (..., V+1)."""
+        return torch.softmax(self.slot_logits(z, unit_embeddings), dim=-1)
+
+    def forward(self, z: torch.Tensor, unit_embeddings: torch.Tensor) -> torch.Tensor:
+        """h = W_trans π + c: (B, L, d) fp32 → (B, L, D) in W_trans's dtype.
+
+        Only one (B, L, V+1) fp32 tensor stays alive (π, saved for the softmax backward); the
+        logits tensor is released as soon as the softmax is taken.
+        """
+        probs = self.slot_probs(z, unit_embeddings)
+        weight = self.backbone_embedding.weight
+        return F.linear(probs.to(weight.dtype), weight, self.backbone_embedding.bias)
+
+    @torch.no_grad()
+    def init_from_embedding(self, embedding: torch.Tensor, mask_embedding: torch.Tensor) -> None:
+        """Start W_trans from a backbone's input embedding so a one-hot π reproduces it.
+
+        Args:
+            embedding: (V_src, D) input embedding matrix; its first V rows become the token
+                columns of W_trans.
+            mask_embedding: (D,) the backbone's embedding of its mask token (column V).
+        """
+        weight = self.backbone_embedding.weight  # (D, V+1)
+        if embedding.ndim != 2 or embedding.shape[0] < self.vocab_size or embedding.shape[1] != weight.shape[0]:
+            raise ValueError(
+                f"embedding must have shape (>= {self.vocab_size}, {weight.shape[0]}), got {tuple(embedding.shape)}"
+            )
+        if mask_embedding.shape != (weight.shape[0],):
+            raise ValueError(f"mask_embedding must have shape ({weight.shape[0]},), got {tuple(mask_embedding.shape)}")
+        weight[:, : self.vocab_size].copy_(embedding[: self.vocab_size].T)
+        weight[:, self.vocab_size].copy_(mask_embedding)
+        if self.backbone_embedding.bias is not None:
+            self.backbone_embedding.bias.zero_()

@@ -1,0 +1,382 @@
+"""DSL diffusion language model: spherical embeddings → corruption → softmax converter → backbone.
+
+    ids ─E─► x ─(γ)─► z = γx + √γ ε ─converter─► h ─backbone (no time input)─► logits p_θ(s | z)
+                                                     denoiser x̂(z) = p_θ(· | z) @ E
+
+A masked token is γ = 0 (z = 0, the converter's mask slot wins); a visible token is γ = snr_max.
+Only single-dot sibling imports: this folder is shipped flat as Hub remote code.
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .backbone_mdlm import MDLMDiT, RotaryEmbedding
+from .configuration_dsl import DSLConfig
+from .converter_dsl import SoftmaxConverter, SphericalEmbedding
+from .generation_dsl import DSLGenerationConfig, DSLGenerationMixin
+from .noise_dsl import corrupt
+
+logger = logging.getLogger(__name__)
+
+BACKBONES = {"mdlm_dit": MDLMDiT}
+
+
+@dataclass
+class DSLDiffusionOutput(ModelOutput):
+    """Output of [`DSLForDiffusionLM.forward`].
+
+    loss: token cross-entropy (nats, mean over scored positions), when `labels` are given.
+    logits: (B, L, V) fp32 logits of p_θ(token | z).
+    snr: (B, L) the per-token SNRs used (None when `noisy_embeds` were given).
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    snr: Optional[torch.FloatTensor] = None
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None):
+    """Token-mean cross-entropy in nats over positions with `labels != -100`.
+
+    Args:
+        logits: (B, L, V) or (N, V).
+        labels: (B, L) or (N,), -100 = not scored.
+        weights: optional per-position weights of labels' shape (e.g. MDLM's 1/t); the mean then
+            divides the weighted sum by the number of scored positions.
+    Returns:
+        (loss, number of scored positions).
+    """
+    scored = labels != -100
+    count = scored.sum()
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).clamp(min=0),
+                             reduction="none").view(labels.shape)
+    if weights is not None:
+        losses = losses * weights
+    loss = (losses * scored).sum() / count.clamp(min=1)
+    return loss, count
+
+
+class DSLPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and conventions shared by DSL models."""
+
+    config_class = DSLConfig
+    config: DSLConfig
+    base_model_prefix = "dsl"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DDiTBlock"]
+    _supports_sdpa = True
+    # forward returns a per-micro-batch token mean; Trainer must divide by accumulation steps.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, SphericalEmbedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)  # direction uniform on the sphere
+        elif isinstance(module, SoftmaxConverter):
+            init.constant_(module.beta, self.config.effective_beta_init)
+            bias = torch.zeros_like(module.logit_bias)
+            bias[-1] = self.config.effective_mask_bias_init
+            init.copy_(module.logit_bias, bias)
+        elif isinstance(module, RotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq())
+        elif isinstance(module, nn.Linear):
+            # MDLM starts adaLN modulations and the final linear at zero: blocks begin as identity.
+            if getattr(module, "zero_init", False):
+                init.zeros_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif "LayerNorm" in module.__class__.__name__:
+            init.ones_(module.weight)
+
+
+class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
+    """A DSL diffusion LM: one SNR-invariant denoiser for every per-token SNR path.
+
+    Submodules: `embed` (SphericalEmbedding, V×d), `converter` (SoftmaxConverter), `backbone`
+    (MDLM DiT; predicts the V real tokens).
+    """
+
+    generation_config_class = DSLGenerationConfig
+
+    def __init__(self, config: DSLConfig):
+        super().__init__(config)
+        self.embed = SphericalEmbedding(config.vocab_size, config.noise_dim)
+        self.converter = SoftmaxConverter(
+            config.vocab_size, config.noise_dim, config.hidden_size, config.effective_beta_init,
+            config.effective_mask_bias_init, bias=config.converter_bias,
+        )
+        self.backbone = BACKBONES[config.backbone_type](config)
+        self.post_init()
+
+    # ----------------------------------------------------------------- embeddings (PEFT, HF API)
+    def get_input_embeddings(self) -> nn.Module:
+        """The module whose output is the backbone's input (the converter)."""
+        return self.converter
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.backbone.output_layer.linear
+
+    def noise_embeddings(self) -> torch.Tensor:
+        """E: the unit-norm token embeddings, (V, d) fp32."""
+        return self.embed.unit_weight()
+
+    # ----------------------------------------------------------------- the denoiser
+    def default_snr(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """DESIGN convention: γ = 0 at mask (and padding) positions, γ = snr_max at visible tokens."""
+        visible = input_ids != self.config.mask_token_id
+        if attention_mask is not None:
+            visible = visible & attention_mask.bool()
+        return visible.float() * self.config.snr_max
+
+    def noisy_embeds_from_ids(self, input_ids, snr=None, attention_mask=None, generator=None, noise=True):
+        """z = γ·E[ids] + √γ·ε, returning (z (B, L, d) fp32, snr (B, L) fp32)."""
+        if snr is None:
+            snr = self.default_snr(input_ids, attention_mask)
+        snr = torch.as_tensor(snr, dtype=torch.float32, device=input_ids.device)
+        if snr.dim() == 1 and snr.shape[0] == input_ids.shape[0] and input_ids.dim() == 2:
+            snr = snr[:, None]  # one SNR per sequence
+        snr = snr.expand(input_ids.shape)
+        ids = input_ids.clamp(0, self.config.vocab_size - 1)  # the mask id may lie outside E; γ = 0 there
+        return corrupt(self.embed(ids), snr, generator, noise=noise), snr
+
+    def hidden_states(self, noisy_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Converter + backbone blocks: (B, L, d) → (B, L, D), before the LM head."""
+        h = self.converter(noisy_embeds, self.noise_embeddings())
+        return self.backbone(h, attention_mask)
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head on any subset of positions: (..., D) → fp32 logits (..., V)."""
+        return self.backbone.logits(hidden)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        snr: Optional[torch.Tensor] = None,
+        noisy_embeds: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        generator: Optional[torch.Generator] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """Predict tokens from noisy embeddings.
+
+        Args:
+            input_ids: (B, L) token ids; `mask_token_id` marks masked positions. Corrupted with
+                `snr` (default: 0 at masks and padding, `snr_max` elsewhere) and `generator`.
+            snr: per-token SNR, (B, L), (B,) or a scalar. Only with `input_ids`.
+            noisy_embeds: (B, L, d) a ready z; replaces `input_ids` and `snr`.
+            attention_mask: (B, L), 1 for real tokens, 0 for padding (padding keys are not attended).
+            labels: (B, L) targets, -100 = not scored; padding positions are never scored.
+            generator: randomness of the corruption noise.
+        Returns:
+            [`DSLDiffusionOutput`] (or a tuple when `return_dict=False`).
+        """
+        if (input_ids is None) == (noisy_embeds is None):
+            raise ValueError("pass exactly one of input_ids and noisy_embeds")
+        if noisy_embeds is not None:
+            if snr is not None:
+                raise ValueError("snr is only used with input_ids; noisy_embeds are already corrupted")
+            if noisy_embeds.dim() != 3 or noisy_embeds.shape[-1] != self.config.noise_dim:
+                raise ValueError(
+                    f"noisy_embeds must have shape (batch, length, noise_dim={self.config.noise_dim}), "
+                    f"got {tuple(noisy_embeds.shape)}"
+                )
+            z, used_snr = noisy_embeds.float(), None
+            length = z.shape[1]
+        else:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+            z, used_snr = self.noisy_embeds_from_ids(input_ids, snr, attention_mask, generator)
+            length = input_ids.shape[1]
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}"
+            )
+        logits = self.logits_from_hidden(self.hidden_states(z, attention_mask))
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+            if bool(((labels < 0) & (labels != -100)).any() | (labels >= self.config.vocab_size).any()):
+                raise ValueError(
+                    f"labels must be token ids in [0, vocab_size={self.config.vocab_size}) or -100 (not scored); "
+                    "set masked positions whose token is unknown to -100"
+                )
+            if attention_mask is not None:
+                labels = labels.masked_fill(~attention_mask.bool(), -100)
+            loss, _ = token_cross_entropy(logits, labels)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output = DSLDiffusionOutput(loss=loss, logits=logits, snr=used_snr)
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def denoise(self, noisy_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                posterior_top_k: Optional[int] = None) -> torch.Tensor:
+        """x̂(z) = Σ_v p_θ(v | z) e_v: the posterior-mean embedding, (B, L, d) fp32.
+
+        `posterior_top_k` keeps only the k most likely tokens per position (renormalised), as
+        DSL-LLaDA's SDE sampler does with k = 512.
+        """
+        logits = self.logits_from_hidden(self.hidden_states(noisy_embeds, attention_mask))
+        return posterior_mean(logits, self.noise_embeddings(), posterior_top_k)
+
+    # ----------------------------------------------------------------- conversion from MDLM
+    @classmethod
+    def from_mdlm(cls, pretrained_model_name_or_path: str, preset: str = "paper", strict: bool = True,
+                  revision: Optional[str] = None, **config_kwargs) -> "DSLForDiffusionLM":
+        """Build a DSL model from an MDLM checkpoint in the `kuleshov-group/mdlm-owt` format.
+
+        Reads `config.json` (fields `vocab_size`, `hidden_dim`, `cond_dim`, `n_blocks`, `n_heads`,
+        `model_length`, `dropout`) and the `backbone.*` safetensors. The DiT's tensors load
+        one-to-one; the 50258×768 `vocab_embed` becomes the converter's W_trans (its last row,
+        MDLM's [MASK], becomes the mask column); the output layer's mask row is dropped, so the
+        model predicts the V = vocab_size − 1 real tokens. The spherical embeddings, β and the
+        converter's logit bias start fresh from the `preset`.
+
+        Args:
+            pretrained_model_name_or_path: local directory or Hub repo id.
+            preset: "paper" or "authors_code" (see `DSLConfig.preset_fields`).
+            strict: raise `ValueError` listing missing, unexpected and mis-shaped keys.
+            revision: Hub revision.
+            config_kwargs: further `DSLConfig` overrides.
+        """
+        folder = resolve_checkpoint_dir(pretrained_model_name_or_path, revision)
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            mdlm_config = json.load(f)
+        state = load_safetensors_dir(folder)
+        if mdlm_config.get("time_conditioning", False):
+            logger.warning("This MDLM checkpoint was trained with time conditioning; DSL always feeds σ = 0.")
+        config = DSLConfig.from_preset(preset, **mdlm_to_dsl_config(mdlm_config, state), **config_kwargs)
+        model = cls(config)
+        mapped, vocab_embed = map_mdlm_state_dict(state, config.mask_token_id)
+        expected = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+        report = compare_keys(expected, mapped)
+        if any(report.values()):
+            message = "; ".join(f"{kind}: {names}" for kind, names in report.items() if names)
+            if strict:
+                raise ValueError(f"MDLM checkpoint does not match the DSL backbone ({message})")
+            logger.warning("MDLM checkpoint mismatches (loaded the rest): %s", message)
+            mapped = {k: v for k, v in mapped.items() if k in expected and expected[k].shape == v.shape}
+        model.load_state_dict(mapped, strict=False)
+        if vocab_embed is None:
+            raise ValueError("MDLM checkpoint has no backbone.vocab_embed.embedding to initialise the converter")
+        model.converter.init_from_embedding(vocab_embed, vocab_embed[config.mask_token_id])
+        return model
+
+
+def posterior_mean(logits: torch.Tensor, embeddings: torch.Tensor, top_k: Optional[int] = None) -> torch.Tensor:
+    """Σ_v softmax(logits)_v e_v in fp32, optionally over the top-k tokens only. (..., V) → (..., d)."""
+    logits = logits.float()
+    embeddings = embeddings.float()
+    if top_k is None or top_k >= logits.shape[-1]:
+        return torch.softmax(logits, dim=-1) @ embeddings
+    if top_k < 1:
+        raise ValueError(f"posterior_top_k must be >= 1, got {top_k}")
+    values, index = logits.topk(top_k, dim=-1)
+    probs = torch.softmax(values, dim=-1)  # renormalised over the kept tokens
+    return (probs.unsqueeze(-1) * embeddings[index]).sum(dim=-2)
+
+
+# --------------------------------------------------------------------------- MDLM checkpoint I/O
+
+
+def resolve_checkpoint_dir(name_or_path: str, revision: Optional[str] = None) -> str:
+    """A local directory as is; otherwise download the repo's config and safetensors from the Hub."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name_or_path, revision=revision, allow_patterns=["*.json", "*.safetensors"])
+
+
+def load_safetensors_dir(folder: str) -> dict:
+    """All tensors of `model.safetensors` or of the shards listed in `model.safetensors.index.json`."""
+    from safetensors.torch import load_file
+
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.exists(single):
+        return load_file(single)
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if not os.path.exists(index):
+        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}")
+    with open(index, encoding="utf-8") as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    state = {}
+    for shard in shards:
+        state.update(load_file(os.path.join(folder, shard)))
+    return state
+
+
+def mdlm_to_dsl_config(mdlm_config: dict, state: dict) -> dict:
+    """DSLConfig fields from an MDLM `config.json`. cond_dim comes from the weights when the json's
+    value disagrees (MDLMConfig's class default 129 is wrong for mdlm-owt)."""
+    required = ("vocab_size", "hidden_dim", "n_blocks", "n_heads", "model_length")
+    missing = [k for k in required if k not in mdlm_config]
+    if missing:
+        raise ValueError(f"MDLM config.json lacks fields {missing}")
+    cond_dim = mdlm_config.get("cond_dim")
+    sigma_w = state.get("backbone.sigma_map.mlp.0.weight")
+    if sigma_w is not None:
+        cond_dim = int(sigma_w.shape[0])
+    vocab_with_mask = int(mdlm_config["vocab_size"])
+    return dict(
+        backbone_type="mdlm_dit",
+        vocab_size=vocab_with_mask - 1,
+        mask_token_id=vocab_with_mask - 1,  # MDLM's mask id = len(GPT-2 tokenizer) = 50257
+        hidden_size=int(mdlm_config["hidden_dim"]),
+        num_hidden_layers=int(mdlm_config["n_blocks"]),
+        num_attention_heads=int(mdlm_config["n_heads"]),
+        cond_dim=int(cond_dim if cond_dim is not None else 128),
+        max_position_embeddings=int(mdlm_config["model_length"]),
+        dropout=float(mdlm_config.get("dropout", 0.1)),
+    )
+
+
+def map_mdlm_state_dict(state: dict, mask_token_id: int):
+    """MDLM `backbone.*` tensors → DSL keys. Returns (mapped dict, vocab_embed or None).
+
+    The output layer's mask row is dropped; `rotary_emb.inv_freq` is kept in fp32.
+    """
+    mapped, vocab_embed = {}, None
+    for key, tensor in state.items():
+        if key == "backbone.vocab_embed.embedding":
+            vocab_embed = tensor
+            continue
+        if key in ("backbone.output_layer.linear.weight", "backbone.output_layer.linear.bias"):
+            keep = torch.ones(tensor.shape[0], dtype=torch.bool)
+            keep[mask_token_id] = False
+            tensor = tensor[keep]
+        if key.endswith("rotary_emb.inv_freq"):
+            tensor = tensor.float()
+        mapped[key] = tensor
+    return mapped, vocab_embed
+
+
+def compare_keys(expected: dict, provided: dict) -> dict:
+    """Names of missing, unexpected and mis-shaped keys between two state dicts."""
+    return {
+        "missing": sorted(set(expected) - set(provided)),
+        "unexpected": sorted(set(provided) - set(expected)),
+        "mis-shaped": sorted(
+            f"{k} {tuple(provided[k].shape)} != {tuple(expected[k].shape)}"
+            for k in set(expected) & set(provided)
+            if tuple(provided[k].shape) != tuple(expected[k].shape)
+        ),
+    }
+
+
+DSLConfig.register_for_auto_class()
+DSLForDiffusionLM.register_for_auto_class("AutoModelForMaskedLM")
