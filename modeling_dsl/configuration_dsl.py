@@ -128,8 +128,8 @@ class DSLConfig(PretrainedConfig):
         self.snr_preset = snr_preset
         self.initializer_range = initializer_range
         kwargs.setdefault("auto_map", dict(self._default_auto_map))
+        self.validate_fields()  # before transformers' own checks, which read derived fields like head_dim
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
-        self.validate_fields()
 
     # ------------------------------------------------------------------ derived values
     @property

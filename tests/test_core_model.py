@@ -1,0 +1,203 @@
+"""DSLForDiffusionLM: input conventions, loss, denoiser, gradient checkpointing, bf16, remote code."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_dsl import DSLConfig, DSLForDiffusionLM
+
+V = 50
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=V, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, cond_dim=16,
+                max_position_embeddings=64, noise_dim=8, mask_token_id=V, dropout=0.0)
+    base.update(kw)
+    return DSLConfig(**base)
+
+
+def tiny_model(seed=0, **kw):
+    """A tiny model with every weight random (MDLM's init starts adaLN and the head at zero)."""
+    torch.manual_seed(seed)
+    model = DSLForDiffusionLM(tiny_config(**kw))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name not in ("converter.beta", "converter.logit_bias"):
+                p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name else 0.0))
+    return model
+
+
+def test_default_snr_convention_mask_is_zero_visible_is_snr_max():
+    model = tiny_model().eval()
+    ids = torch.tensor([[1, V, 3, 4]])
+    attn = torch.tensor([[1, 1, 1, 0]])
+    z, snr = model.noisy_embeds_from_ids(ids, attention_mask=attn, generator=torch.Generator().manual_seed(0))
+    assert snr.tolist() == [[50.0, 0.0, 50.0, 0.0]]  # padding counts as hidden too
+    assert torch.count_nonzero(z[0, 1]) == 0 and torch.count_nonzero(z[0, 3]) == 0
+    z_clean, _ = model.noisy_embeds_from_ids(ids, noise=False)
+    torch.testing.assert_close(z_clean[0, 0], 50.0 * model.noise_embeddings()[1])
+    # per-sequence SNR broadcast, and the forward uses exactly this corruption
+    out = model(input_ids=ids, snr=torch.tensor([7.0]), generator=torch.Generator().manual_seed(0))
+    z7, _ = model.noisy_embeds_from_ids(ids, snr=torch.tensor([7.0]), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.logits, model(noisy_embeds=z7).logits)
+    assert out.snr.tolist() == [[7.0] * 4]
+
+
+def test_loss_is_token_mean_ce_over_scored_non_pad_positions():
+    model = tiny_model().eval()
+    ids = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, 2] = -100
+    attn = torch.ones(2, 6, dtype=torch.long)
+    attn[1, 4:] = 0
+    out = model(input_ids=ids, attention_mask=attn, labels=labels, generator=torch.Generator().manual_seed(2))
+    keep = (labels != -100) & attn.bool()
+    manual = F.cross_entropy(out.logits[keep], ids[keep])
+    torch.testing.assert_close(out.loss, manual)
+    with pytest.raises(ValueError, match="labels"):
+        model(input_ids=ids, labels=torch.full_like(ids, V))  # the mask id is not a target
+    with pytest.raises(ValueError, match="labels must have shape"):
+        model(input_ids=ids, labels=ids[:, :3])
+
+
+def test_padding_keys_are_not_attended():
+    model = tiny_model().eval()
+    ids = torch.randint(0, V, (1, 8), generator=torch.Generator().manual_seed(3))
+    attn = torch.tensor([[1] * 5 + [0] * 3])
+    z, _ = model.noisy_embeds_from_ids(ids, noise=False)
+    a = model(noisy_embeds=z, attention_mask=attn).logits[:, :5]
+    z2 = z.clone()
+    z2[:, 5:] = torch.randn(1, 3, 8) * 30  # change only the padded positions
+    b = model(noisy_embeds=z2, attention_mask=attn).logits[:, :5]
+    torch.testing.assert_close(a, b)
+    c = model(noisy_embeds=z2).logits[:, :5]
+    assert (a - c).abs().max() > 1e-3  # without the mask they would leak in
+
+
+def test_bad_inputs_raise_value_errors_naming_the_argument():
+    model = tiny_model()
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="input_ids and noisy_embeds"):
+        model()
+    with pytest.raises(ValueError, match="input_ids and noisy_embeds"):
+        model(input_ids=ids, noisy_embeds=torch.zeros(1, 4, 8))
+    with pytest.raises(ValueError, match="noisy_embeds must have shape"):
+        model(noisy_embeds=torch.zeros(1, 4, 7))
+    with pytest.raises(ValueError, match="snr is only used with input_ids"):
+        model(noisy_embeds=torch.zeros(1, 4, 8), snr=torch.ones(1, 4))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(input_ids=torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="input_ids must have shape"):
+        model(input_ids=torch.zeros(4, dtype=torch.long))
+
+
+def test_denoise_is_posterior_mean_embedding_and_top_k_renormalises():
+    model = tiny_model().eval()
+    z = torch.randn(2, 5, 8) * 3
+    logits = model(noisy_embeds=z).logits
+    E = model.noise_embeddings()
+    torch.testing.assert_close(model.denoise(z), torch.softmax(logits, -1) @ E)
+    top = model.denoise(z, posterior_top_k=1)
+    torch.testing.assert_close(top, E[logits.argmax(-1)])
+    with pytest.raises(ValueError, match="posterior_top_k"):
+        model.denoise(z, posterior_top_k=0)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    ids = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(4))
+    results = []
+    for checkpointing in (False, True):
+        model = tiny_model(seed=7, dropout=0.1).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert all(block.gradient_checkpointing for block in model.backbone.blocks)
+        torch.manual_seed(11)  # dropout; checkpointing replays the same RNG state
+        out = model(input_ids=ids, labels=ids, generator=torch.Generator().manual_seed(5))
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+    assert grads_a["embed.weight"].abs().sum() > 0 and grads_a["converter.beta"].abs() > 0
+
+
+def test_bf16_forward_has_no_nan():
+    model = tiny_model().to(torch.bfloat16).eval()
+    ids = torch.randint(0, V, (2, 16))
+    ids[:, ::3] = V
+    out = model(input_ids=ids, labels=ids.masked_fill(ids == V, -100), generator=torch.Generator().manual_seed(0))
+    assert out.logits.dtype == torch.float32
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    import numpy as np, torch
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("modeling_dsl", "trainers"):
+                raise ImportError("blocked: " + name)
+
+    sys.meta_path.insert(0, Block())
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    folder, ids_file, out_file = sys.argv[1:4]
+    ids = torch.from_numpy(np.load(ids_file))
+    results = {}
+    for name, auto in (("auto", AutoModel), ("masked_lm", AutoModelForMaskedLM)):
+        model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+        assert "transformers_modules" in type(model).__module__, type(model).__module__
+        with torch.no_grad():
+            logits = model(input_ids=ids, generator=torch.Generator().manual_seed(123)).logits
+        np.save(out_file + "." + name + ".npy", logits.numpy())
+        results[name] = type(model).__name__
+    try:
+        import modeling_dsl  # noqa: F401
+        results["package_importable"] = True
+    except ImportError:
+        results["package_importable"] = False
+    print(json.dumps(results))
+    """
+)
+
+
+def test_saved_model_loads_as_remote_code_without_the_package(tmp_path):
+    model = tiny_model().eval()
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    files = set(os.listdir(folder))
+    assert {"config.json", "model.safetensors", "modeling_dsl.py", "configuration_dsl.py", "noise_dsl.py",
+            "converter_dsl.py", "backbone_mdlm.py", "generation_dsl.py"} <= files
+    ids = torch.randint(0, V, (2, 10), generator=torch.Generator().manual_seed(9))
+    ids[0, 4] = V
+    np.save(tmp_path / "ids.npy", ids.numpy())
+    # Compare with the same checkpoint loaded in-process: safetensors-loaded weights sit at other
+    # memory alignments than freshly built ones, and BLAS rounds differently (~1e-6) there.
+    reloaded = DSLForDiffusionLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = reloaded(input_ids=ids, generator=torch.Generator().manual_seed(123)).logits.numpy()
+        original = model(input_ids=ids, generator=torch.Generator().manual_seed(123)).logits.numpy()
+    np.testing.assert_allclose(expected, original, rtol=0, atol=1e-5)
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, str(script), str(folder), str(tmp_path / "ids.npy"), str(tmp_path / "out")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"auto": "DSLForDiffusionLM", "masked_lm": "DSLForDiffusionLM", "package_importable": False}
+    for name in ("auto", "masked_lm"):
+        got = np.load(tmp_path / f"out.{name}.npy")
+        np.testing.assert_array_equal(got, expected)
