@@ -158,3 +158,24 @@ def test_from_mdlm_preset_and_full_forward(tmp_path):
     ids = torch.randint(0, 40, (2, 16))
     out = model(input_ids=ids, labels=ids, generator=torch.Generator().manual_seed(0))
     assert out.logits.shape == (2, 16, 40) and torch.isfinite(out.loss)
+
+
+def test_convert_checkpoint_script_writes_a_loadable_dsl_checkpoint(tmp_path, shared_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mdlm = tmp_path / "mdlm"
+    mdlm.mkdir()
+    state = write_mdlm_checkpoint(mdlm)
+    out = tmp_path / "dsl"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "convert_checkpoint.py"
+    proc = subprocess.run([sys.executable, str(script), "--mdlm", str(mdlm), "--output", str(out),
+                           "--tokenizer", str(shared_dir / "tokenizers" / "gpt2"), "--noise-dim", "16"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "V=40, mask id 40" in proc.stdout
+    model = DSLForDiffusionLM.from_pretrained(out)
+    assert model.config.noise_dim == 16
+    torch.testing.assert_close(model.backbone.blocks[1].mlp[0].weight, state["backbone.blocks.1.mlp.0.weight"])
+    assert (out / "tokenizer.json").exists() and (out / "modeling_dsl.py").exists()
