@@ -1,0 +1,1087 @@
+"""Samplers for DSL models: small functions over a denoiser, shared by the network and exact oracles.
+
+Every sampler works on a batch of token drafts `tokens` (B, L) and a bool `generate_mask` (B, L)
+marking the positions it may write; every other position is held fixed (a prompt token is a
+visible token at the clean SNR; padding is ignored through the denoiser's attention mask).
+
+The denoiser is a [`Denoiser`]: `features(z)` runs the expensive part once per state
+z (B, L, d), and `logits(features[rows])` turns any subset of rows into fp32 logits over the V
+real tokens. Samplers call `logits` only on the rows they need (the positions that are drawn
+this step), and draw categorical samples only on those rows, in float64. A plain callable
+`z -> logits (B, L, V)` is accepted too (wrapped by [`as_denoiser`]), so the same sampler runs on
+the model (`Denoiser.from_model`) and on an exact Bayes oracle ([`ExactSequenceDenoiser`]).
+
+Discrete state convention (DESIGN.md): a masked position is z = 0; a visible token t is
+z = visible_snr · E[t] (noiseless).
+
+Randomness comes only from `generator`: `None` (torch's global stream), one `torch.Generator`
+for the whole batch, or a list of per-row generators. With per-row generators every row draws a
+fixed number of values per step that depends only on its own number of generated positions, so
+a row's result does not depend on the other rows of the batch.
+
+Samplers (each returns a [`SamplerOutput`] with tokens and per-step diagnostics):
+    sde             dz = x̂(z) dγ + dW along per-token SNR paths (Euler–Maruyama or Heun)
+    mdlm            ancestral masked diffusion (α_t = 1 − t), final greedy step
+    remdm           ReMDM remasking: cap, rescale, conf, loop
+    hybrid          SDE up to a switch SNR, commit a draft, discrete finish
+    low_confidence  LLaDA semi-autoregressive block decoding
+    roar            random-order autoregressive decoding, k tokens per step
+    correct         error correction of a given text
+
+Diagnostics (paper §7.4), each a (steps, B) tensor of per-row values, NaN where a row had
+nothing to measure at that step:
+    u_t   mean uncertainty 1 − max_v p(v) over the positions evaluated at the step
+    H_t   mean entropy (nats) of those distributions
+    k_t   mean nucleus size: tokens needed to cover `diagnostics_p` (0.9) of the mass
+    r_t   remask ratio: generated positions remasked / generated positions visible before the step
+    Δ_t   change rate: generated positions whose state (token or mask) changed / generated positions
+and `rewrites` (B, L): how often each position's token was replaced by a different token after it
+was first set (SDE: how often the running argmax changed).
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence, Union
+
+import torch
+
+from .noise_dsl import snr_schedule
+
+GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
+
+REMDM_MODES = ("cap", "rescale", "conf", "loop")
+
+# η_cap(T) of the DSL paper for ReMDM at step budget T. The paper is inconsistent at T = 1024
+# (0.002 in §6.1 and Table 4, 0.004 in Eq. 24) and at T = 512 (0.007 in §6.1 / Eq. 24, 0.008 in
+# Tables 4-5). We use 0.007 and 0.002: the §6.1 values, which for T = 1024 is also what the table
+# of reported runs lists (two of three sources agree).
+ETA_CAP_TABLE = {128: 0.010, 256: 0.008, 512: 0.007, 1024: 0.002}
+# Official ReMDM OWT defaults for the other modes.
+ETA_RESCALE_DEFAULT = 0.015
+
+
+def eta_cap_default(steps: int) -> float:
+    """η_cap(T) from the DSL paper; log₂(T)-linear interpolation between table points, clamped."""
+    points = sorted(ETA_CAP_TABLE.items())
+    if steps <= points[0][0]:
+        return points[0][1]
+    if steps >= points[-1][0]:
+        return points[-1][1]
+    for (t0, e0), (t1, e1) in zip(points, points[1:]):
+        if t0 <= steps <= t1:
+            w = (math.log2(steps) - math.log2(t0)) / (math.log2(t1) - math.log2(t0))
+            return e0 + w * (e1 - e0)
+    raise AssertionError("unreachable")
+
+
+# ============================================================================ denoisers
+
+
+class Denoiser:
+    """denoise(z | draft): `features(z)` (B, L, F) once per state, `logits(rows)` (..., V) fp32.
+
+    Args:
+        features_fn: z (B, L, d) → per-position features (B, L, F) (hidden states, or logits).
+        head_fn: features of any subset of positions (..., F) → fp32 logits (..., V);
+            `None` means the features already are logits.
+        embeddings: E, the (V, d) unit token embeddings.
+        visible_snr: SNR of a visible (clean) token: z = visible_snr · E[t].
+        mask_token_id: id stored in drafts at masked positions (may equal V).
+    """
+
+    def __init__(self, features_fn: Callable, head_fn: Optional[Callable], embeddings: torch.Tensor,
+                 visible_snr: float, mask_token_id: Optional[int] = None):
+        self.features_fn = features_fn
+        self.head_fn = head_fn
+        self.embeddings = embeddings.float()
+        self.visible_snr = float(visible_snr)
+        self.vocab_size = embeddings.shape[0]
+        self.mask_token_id = self.vocab_size if mask_token_id is None else int(mask_token_id)
+
+    @classmethod
+    def from_model(cls, model, attention_mask: Optional[torch.Tensor] = None) -> "Denoiser":
+        """Wrap a `DSLForDiffusionLM`: features = hidden states, head = the per-position LM head."""
+        mask = attention_mask
+
+        def features(z):
+            m = mask
+            if m is not None and m.shape[0] != z.shape[0]:  # e.g. CFG doubles the batch
+                m = m.repeat(z.shape[0] // m.shape[0], 1)
+            return model.hidden_states(z, m)
+
+        return cls(features, model.logits_from_hidden, model.noise_embeddings(), model.config.snr_max,
+                   model.config.mask_token_id)
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        return self.features_fn(z)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        out = features if self.head_fn is None else self.head_fn(features)
+        return out.float()
+
+    def draft_embeds(self, tokens: torch.Tensor, visible: torch.Tensor, snr: Optional[float] = None) -> torch.Tensor:
+        """z of a discrete draft: snr·E[token] where `visible`, 0 elsewhere. (B, L) → (B, L, d)."""
+        snr = self.visible_snr if snr is None else snr
+        ids = tokens.clamp(0, self.vocab_size - 1)
+        return self.embeddings[ids] * (visible.unsqueeze(-1).to(self.embeddings.dtype) * snr)
+
+
+def as_denoiser(denoiser, embeddings: Optional[torch.Tensor] = None, visible_snr: Optional[float] = None,
+                mask_token_id: Optional[int] = None) -> Denoiser:
+    """A [`Denoiser`] as is, or wrap a callable `z (B, L, d) -> logits (B, L, V)`."""
+    if isinstance(denoiser, Denoiser):
+        return denoiser
+    if embeddings is None or visible_snr is None:
+        raise ValueError("a plain callable denoiser needs `embeddings` and `visible_snr`")
+    return Denoiser(denoiser, None, embeddings, visible_snr, mask_token_id)
+
+
+class ExactSequenceDenoiser(Denoiser):
+    """Exact Bayes denoiser for data uniform (or `prior`-weighted) over a finite set of sequences.
+
+    With unit embeddings, log p(z | x) = Σ_i z_i·e_{x_i} + const(z) (paper App. A.1), so
+    p(x = S_n | z) ∝ prior_n exp(Σ_i z_i·E[S_n,i]) and the per-position marginals give the exact
+    conditional p(x_i | z). `features` returns log-marginals (B, L, V), computed in float64.
+    Used with the paper's cyclic toy (App. B): the K cyclic shifts of 0..K−1.
+    """
+
+    def __init__(self, support: torch.Tensor, embeddings: torch.Tensor, visible_snr: float = 1000.0,
+                 prior: Optional[torch.Tensor] = None):
+        self.support = support.long()  # (N, L)
+        num, length = self.support.shape
+        vocab = embeddings.shape[0]
+        self.support_embeds = embeddings.double()[self.support].reshape(num, -1)  # (N, L·d)
+        self.log_prior = None if prior is None else prior.double().log()
+        self.onehot = torch.nn.functional.one_hot(self.support, vocab).double().reshape(num, -1)  # (N, L·V)
+        self.shape = (length, vocab)
+        super().__init__(self._features, None, embeddings, visible_snr)
+
+    def _features(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[0]
+        scores = z.double().reshape(batch, -1) @ self.support_embeds.T  # Σ_i z_i·E[S_n,i]
+        if self.log_prior is not None:
+            scores = scores + self.log_prior
+        post = torch.softmax(scores, dim=-1)  # (B, N)
+        marginals = (post @ self.onehot).reshape(batch, *self.shape)
+        return marginals.clamp_min(1e-300).log()
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return features  # float64 log-marginals; samplers cast as they need
+
+
+def cyclic_support(num_tokens: int) -> torch.Tensor:
+    """The paper's cyclic toy: all K cyclic shifts of (0, …, K−1), shape (K, K); row s = shift s."""
+    base = torch.arange(num_tokens)
+    return torch.stack([(base + s) % num_tokens for s in range(num_tokens)])
+
+
+# ============================================================================ randomness
+
+
+class RowRNG:
+    """Draws whose per-row values do not depend on the other rows of the batch.
+
+    `generator` is None, one generator (one draw for the whole batch: fastest), or a list of
+    per-row generators (each row draws its own block: batch-composition invariant).
+    """
+
+    def __init__(self, generator: GeneratorArg, batch_size: int, device):
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch_size:
+                raise ValueError(f"generator: got {len(generator)} generators for a batch of {batch_size}")
+            self.per_row, self.single = list(generator), None
+        else:
+            self.per_row, self.single = None, generator
+
+    def _draw(self, kind: str, shape, gen, dtype):
+        device = gen.device if gen is not None else self.device
+        fn = torch.rand if kind == "uniform" else torch.randn
+        return fn(tuple(shape), generator=gen, device=device, dtype=dtype).to(self.device)
+
+    def rows(self, kind: str, per_row_shape, dtype=torch.float32) -> torch.Tensor:
+        """(B, *per_row_shape) draws; kind 'uniform' or 'normal'."""
+        if self.per_row is None:
+            return self._draw(kind, (self.batch_size, *per_row_shape), self.single, dtype)
+        return torch.stack([self._draw(kind, per_row_shape, g, dtype) for g in self.per_row])
+
+    def ragged(self, kind: str, counts: Sequence[int], trailing=(), dtype=torch.float32) -> torch.Tensor:
+        """(Σ counts, *trailing) draws, row-major: row r contributes counts[r] leading entries."""
+        if self.per_row is None:
+            return self._draw(kind, (sum(counts), *trailing), self.single, dtype)
+        parts = [self._draw(kind, (n, *trailing), g, dtype) for n, g in zip(counts, self.per_row)]
+        return torch.cat(parts) if parts else torch.empty((0, *trailing), device=self.device, dtype=dtype)
+
+
+# ============================================================================ shared helpers
+
+
+@dataclass
+class SamplerOutput:
+    """tokens (B, L) long; diagnostics: name → (steps, B) tensor plus `rewrites` (B, L);
+    nfe: denoiser evaluations; changed (B, L) bool for `correct`; extra: sampler-specific values."""
+
+    tokens: torch.Tensor
+    diagnostics: Dict[str, torch.Tensor] = field(default_factory=dict)
+    nfe: int = 0
+    changed: Optional[torch.Tensor] = None
+    extra: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class _GenIndex:
+    """Flat, row-major index of the generated positions of a batch (computed once; one host sync)."""
+
+    def __init__(self, generate_mask: torch.Tensor):
+        self.mask = generate_mask.bool()
+        self.batch, self.length = generate_mask.shape
+        self.rows, self.cols = self.mask.nonzero(as_tuple=True)
+        self.counts = self.mask.sum(dim=1).tolist()
+        self.n = self.rows.numel()
+        self.row_count = self.mask.sum(dim=1).clamp_min(1).float()
+
+    def per_row_mean(self, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Mean of flat `values` grouped by `rows` → (B,), NaN for rows without entries."""
+        total = torch.zeros(self.batch, device=values.device, dtype=torch.float32)
+        count = torch.zeros(self.batch, device=values.device, dtype=torch.float32)
+        total.index_add_(0, rows, values.float())
+        count.index_add_(0, rows, torch.ones_like(values, dtype=torch.float32))
+        return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+    def per_row_sum(self, values: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(self.batch, device=values.device, dtype=torch.float32)
+        return total.index_add_(0, self.rows, values.float())
+
+
+class _Trace:
+    """Per-step diagnostics accumulator (no host syncs; stacked at the end)."""
+
+    NAMES = ("u_t", "H_t", "k_t", "r_t", "delta_t")
+
+    def __init__(self, enabled: bool, index: _GenIndex, nucleus_p: float = 0.9):
+        self.enabled, self.index, self.nucleus_p = enabled, index, nucleus_p
+        self.steps = {name: [] for name in self.NAMES}
+        self.rewrites = torch.zeros(index.n, dtype=torch.long, device=index.rows.device) if enabled else None
+
+    def record(self, probs: Optional[torch.Tensor], prob_rows: Optional[torch.Tensor],
+               remasked: Optional[torch.Tensor] = None, visible_before: Optional[torch.Tensor] = None,
+               changed: Optional[torch.Tensor] = None, rewritten: Optional[torch.Tensor] = None):
+        """probs (n, V) evaluated at flat rows `prob_rows`; remasked/visible_before/changed/rewritten (N,) bool."""
+        if not self.enabled:
+            return
+        idx = self.index
+        nan = torch.full((idx.batch,), float("nan"), device=idx.rows.device)
+        if probs is not None and probs.shape[0] > 0:
+            u, h, k = prob_stats(probs, self.nucleus_p)
+            self.steps["u_t"].append(idx.per_row_mean(u, prob_rows))
+            self.steps["H_t"].append(idx.per_row_mean(h, prob_rows))
+            self.steps["k_t"].append(idx.per_row_mean(k, prob_rows))
+        else:
+            for name in ("u_t", "H_t", "k_t"):
+                self.steps[name].append(nan)
+        if remasked is not None and visible_before is not None:
+            vis = idx.per_row_sum(visible_before)
+            self.steps["r_t"].append(torch.where(vis > 0, idx.per_row_sum(remasked) / vis.clamp_min(1), nan))
+        else:
+            self.steps["r_t"].append(torch.zeros(idx.batch, device=idx.rows.device))
+        if changed is not None:
+            self.steps["delta_t"].append(idx.per_row_sum(changed) / idx.row_count)
+        else:
+            self.steps["delta_t"].append(torch.zeros(idx.batch, device=idx.rows.device))
+        if rewritten is not None:
+            self.rewrites += rewritten.long()
+
+    def result(self) -> Dict[str, torch.Tensor]:
+        if not self.enabled:
+            return {}
+        idx = self.index
+        out = {}
+        for name, values in self.steps.items():
+            out[name] = torch.stack(values) if values else torch.empty(0, idx.batch, device=idx.rows.device)
+        rewrites = torch.zeros(idx.batch, idx.length, dtype=torch.long, device=idx.rows.device)
+        rewrites[idx.rows, idx.cols] = self.rewrites
+        out["rewrites"] = rewrites
+        return out
+
+
+def merge_diagnostics(*parts: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Concatenate the step traces of consecutive sampler phases; add up `rewrites`."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    out = {}
+    for name in _Trace.NAMES:
+        out[name] = torch.cat([p[name] for p in parts])
+    out["rewrites"] = sum(p["rewrites"] for p in parts)
+    return out
+
+
+def prob_stats(probs: torch.Tensor, nucleus_p: float = 0.9):
+    """Per row of probs (n, V): (1 − max p, entropy in nats, size of the `nucleus_p` nucleus)."""
+    probs = probs.float()
+    uncertainty = 1.0 - probs.max(dim=-1).values
+    entropy = torch.special.entr(probs).sum(dim=-1)
+    sorted_probs = probs.sort(dim=-1, descending=True).values
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass strictly before each token
+    nucleus = (before < nucleus_p).sum(dim=-1).float()
+    return uncertainty, entropy, nucleus
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """ReMDM nucleus: keep sorted tokens whose inclusive cumulative mass is ≤ p (always the top-1),
+    renormalise. The token that crosses p is dropped (HF's top_p keeps it)."""
+    if top_p is None or top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    keep = sorted_probs.cumsum(dim=-1) <= top_p
+    keep[..., 0] = True
+    kept = sorted_probs * keep
+    kept = kept / kept.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(probs).scatter_(-1, order, kept)
+
+
+def top_k_filter(probs: torch.Tensor, top_k: Optional[int]) -> torch.Tensor:
+    """Keep the k most likely tokens (renormalised)."""
+    if top_k is None or top_k >= probs.shape[-1]:
+        return probs
+    values, index = probs.topk(top_k, dim=-1)
+    values = values / values.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(probs).scatter_(-1, index, values)
+
+
+def token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None) -> torch.Tensor:
+    """softmax(logits / T) in fp32 (fp64 if the logits are), then top-k and top-p. (n, V) → (n, V)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return top_p_filter(top_k_filter(probs, top_k), top_p)
+
+
+def sample_from_probs(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF categorical draw in float64 with one U(0,1) per row: (n, V), (n,) → (n,).
+
+    Exactly distributed as the categorical (never picks a zero-probability token); uses one
+    random number per drawn position, so draws stay batch-composition invariant.
+    """
+    if probs.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=probs.device)
+    cdf = probs.double().cumsum(dim=-1)
+    target = uniform.double().clamp(0.0, 1.0) * cdf[:, -1] * (1.0 - 1e-12)
+    index = torch.searchsorted(cdf, target.unsqueeze(-1), right=True).squeeze(-1)
+    return index.clamp_max(probs.shape[-1] - 1)
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from transformers.utils.logging import tqdm
+
+    return tqdm(iterable, desc=desc)
+
+
+def _check_inputs(tokens: torch.Tensor, generate_mask: torch.Tensor):
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must have shape (batch, length), got {tuple(tokens.shape)}")
+    if generate_mask.shape != tokens.shape:
+        raise ValueError(f"generate_mask must have shape {tuple(tokens.shape)}, got {tuple(generate_mask.shape)}")
+
+
+def _check_steps(steps):
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+
+# ============================================================================ SDE
+
+
+def sde(
+    denoiser,
+    tokens: torch.Tensor,
+    generate_mask: torch.Tensor,
+    snr_path: torch.Tensor,
+    *,
+    integrator: str = "euler",
+    noise_scale: float = 1.0,
+    posterior_top_k: Optional[int] = None,
+    z_init: Optional[torch.Tensor] = None,
+    generator: GeneratorArg = None,
+    diagnostics: bool = False,
+    diagnostics_p: float = 0.9,
+    callback: Optional[Callable] = None,
+    progress: bool = False,
+) -> SamplerOutput:
+    """Simulate dz_i = x̂_i(z) dγ_i + √(dγ_i) dW_i (paper Eq. 2) along per-token SNR paths.
+
+    Args:
+        denoiser: [`Denoiser`] (or callable, see [`as_denoiser`]).
+        tokens: (B, L) ids; positions outside `generate_mask` are held at their clean embedding
+            (z = visible_snr · E[t]) throughout.
+        generate_mask: (B, L) bool, the positions to generate.
+        snr_path: increasing SNR grid γ_0 < … < γ_S: shape (S+1,) shared, (L, S+1) per position
+            or (B, L, S+1) per token. Without `z_init` the state starts at z = 0 (γ = 0); a 0 is
+            prepended to the path when it starts above 0 (one extra Euler step from the prior mean).
+        integrator: "euler" (Euler–Maruyama, 1 NFE per step) or "heun" (predictor–corrector
+            reusing the same Brownian increment, 2 NFE per step).
+        noise_scale: multiplies the Brownian increment; 1.0 is the exact SDE.
+        posterior_top_k: x̂ from the k most likely tokens only (renormalised).
+        z_init: (B, L, d) start state at γ_0 (e.g. to continue a path).
+    Returns:
+        [`SamplerOutput`]: tokens = argmax of the final denoiser logits at generated positions;
+        `extra["z"]` the final state, `extra["final_logits"]` (N, V) at the generated positions
+        (row-major), `extra["snr"]` the final per-position SNR (B, L).
+    """
+    den = as_denoiser(denoiser)
+    _check_inputs(tokens, generate_mask)
+    if integrator not in ("euler", "heun"):
+        raise ValueError(f"integrator must be 'euler' or 'heun', got {integrator!r}")
+    if noise_scale < 0:
+        raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+    index = _GenIndex(generate_mask)
+    device = tokens.device
+    batch, length = tokens.shape
+    path = torch.as_tensor(snr_path, dtype=torch.float64, device=device)
+    if path.dim() == 1:
+        path = path.unsqueeze(0).expand(index.n, -1)
+    elif path.dim() == 2:
+        path = path[index.cols]
+    elif path.dim() == 3:
+        path = path[index.rows, index.cols]
+    else:
+        raise ValueError(f"snr_path must have 1, 2 or 3 dimensions, got shape {tuple(path.shape)}")
+    if path.shape[-1] < 2:
+        raise ValueError("snr_path needs at least two points")
+    if bool((path < 0).any()):
+        raise ValueError("snr_path must be >= 0")
+    fixed = ~index.mask
+    z = den.draft_embeds(tokens, fixed)  # prompt at its clean embedding, generated positions 0
+    if z_init is not None:
+        z[index.rows, index.cols] = z_init[index.rows, index.cols].float()
+    elif index.n and bool((path[:, 0] > 0).any()):
+        path = torch.cat([torch.zeros_like(path[:, :1]), path], dim=1)
+    steps = path.shape[1] - 1
+    rng = RowRNG(generator, batch, device)
+    trace = _Trace(diagnostics, index, diagnostics_p)
+    emb = den.embeddings.to(device)
+    nfe = 0
+    last_argmax = None
+
+    def evaluate(state):
+        feats = den.features(state)
+        logits = den.logits(feats[index.rows, index.cols]).float()
+        if posterior_top_k is not None and posterior_top_k < logits.shape[-1]:
+            values, top = logits.topk(posterior_top_k, dim=-1)
+            probs = torch.zeros_like(logits).scatter_(-1, top, torch.softmax(values, dim=-1))
+        else:
+            probs = torch.softmax(logits, dim=-1)
+        return probs, probs @ emb
+
+    z_gen = z[index.rows, index.cols]
+    for k in _progress(range(steps), progress, "sde"):
+        delta = (path[:, k + 1] - path[:, k]).clamp_min(0).float().unsqueeze(-1)  # (N, 1)
+        noise = rng.ragged("normal", index.counts, (emb.shape[1],)) * (noise_scale * delta.sqrt())
+        probs, x_hat = evaluate(z)
+        nfe += 1
+        if integrator == "heun":
+            z_pred = z.clone()
+            z_pred[index.rows, index.cols] = z_gen + x_hat * delta + noise
+            _, x_hat_2 = evaluate(z_pred)
+            nfe += 1
+            z_gen = z_gen + 0.5 * (x_hat + x_hat_2) * delta + noise
+        else:
+            z_gen = z_gen + x_hat * delta + noise
+        z = z.clone()
+        z[index.rows, index.cols] = z_gen
+        if diagnostics or callback is not None:
+            current = probs.argmax(dim=-1)
+            if diagnostics:
+                changed = torch.ones_like(current, dtype=torch.bool) if last_argmax is None else current != last_argmax
+                rewritten = None if last_argmax is None else changed
+                trace.record(probs, index.rows, changed=changed, rewritten=rewritten)
+            last_argmax = current
+            if callback is not None:
+                draft = tokens.clone()
+                draft[index.rows, index.cols] = current
+                callback(k, draft, torch.zeros_like(index.mask), False)
+    final_logits = den.logits(den.features(z)[index.rows, index.cols])
+    nfe += 1
+    out_tokens = tokens.clone()
+    out_tokens[index.rows, index.cols] = final_logits.argmax(dim=-1)
+    snr = torch.zeros(batch, length, dtype=torch.float64, device=device)
+    snr[index.rows, index.cols] = path[:, -1]
+    return SamplerOutput(out_tokens, trace.result(), nfe,
+                         extra={"z": z, "final_logits": final_logits, "snr": snr})
+
+
+# ============================================================================ masked diffusion
+
+
+def remdm_loop_schedule(t: float, dt: float, t_on: float, t_off: float, alpha_on: float):
+    """ReMDM-loop's (phase, α_t, α_s) at grid time t with s = t − dt (official code).
+
+    phase 1 (t > t_on): MDLM on α(t) = (1 − t)·α_on/(1 − t_on);
+    phase 2 (t_off < t ≤ t_on): α frozen at α_on, remasking with σ = η;
+    phase 3 (t ≤ t_off): MDLM on α(t) = 1 − t·(1 − α_on)/t_off.
+    α_s uses the formula of t's phase even when s crosses into the next phase (as the code does).
+    """
+    s = t - dt
+    if t > t_on:
+        return 1, (1 - t) * alpha_on / (1 - t_on), (1 - s) * alpha_on / (1 - t_on)
+    if t <= t_off:
+        return 3, 1 - t * (1 - alpha_on) / t_off, 1 - s * (1 - alpha_on) / t_off
+    return 2, alpha_on, alpha_on
+
+
+def remdm_sigma(mode: str, alpha_s: float, alpha_t: float, eta: float):
+    """The ReMDM remasking probability σ_t for "mdlm" (0), "cap" and "rescale" and the scale
+    σ_max = min(1, (1 − α_s)/α_t) that "conf" multiplies by its per-token weights.
+
+    cap: min(η, (1 − α_s)/α_t); rescale: η·min(1, (1 − α_s)/α_t); at α_t = 0 the code uses
+    σ = η (cap) and σ_max = 1 (rescale, conf).
+    """
+    if mode == "mdlm":
+        return 0.0
+    if mode == "cap":
+        return min(eta, (1 - alpha_s) / alpha_t) if alpha_t > 0 else eta
+    sigma_max = min(1.0, (1 - alpha_s) / alpha_t) if alpha_t > 0 else 1.0
+    if mode == "rescale":
+        return eta * sigma_max
+    if mode == "conf":
+        return sigma_max
+    raise ValueError(f"remdm mode must be one of {('mdlm',) + REMDM_MODES[:3]} here, got {mode!r}")
+
+
+def remdm_unmask_prob(alpha_s: float, alpha_t: float, sigma):
+    """Probability that a masked position is unmasked (then drawn from p_θ):
+    (α_s − (1 − σ)α_t)/(1 − α_t); the mask keeps (1 − α_s − σα_t)/(1 − α_t). σ = 0 is MDLM."""
+    return (alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t)
+
+
+def conf_weights(conf: torch.Tensor, index: _GenIndex) -> torch.Tensor:
+    """ReMDM-conf η^ℓ: softmax over each row's generated positions of conf (−inf at masks → 0)."""
+    finite = torch.isfinite(conf)
+    row_max = torch.full((index.batch,), -math.inf, device=conf.device)
+    row_max = row_max.scatter_reduce(0, index.rows, torch.where(finite, conf, -math.inf), reduce="amax")
+    shifted = torch.where(finite, conf - row_max[index.rows].clamp_min(-1e30), torch.full_like(conf, -math.inf))
+    expo = torch.where(finite, shifted.exp(), torch.zeros_like(conf))
+    total = torch.zeros(index.batch, device=conf.device).index_add_(0, index.rows, expo)
+    return expo / total[index.rows].clamp_min(1e-30)
+
+
+def remdm(
+    denoiser,
+    tokens: torch.Tensor,
+    generate_mask: torch.Tensor,
+    *,
+    steps: int,
+    mode: str = "cap",
+    eta: Optional[float] = None,
+    t_on: float = 0.55,
+    t_off: float = 0.05,
+    alpha_on: float = 0.9,
+    temperature: float = 1.0,
+    top_p: Optional[float] = None,
+    top_k: Optional[int] = None,
+    eps: float = 1e-5,
+    t_start: float = 1.0,
+    masked: Optional[torch.Tensor] = None,
+    conf_init: Optional[torch.Tensor] = None,
+    final_greedy: bool = True,
+    generator: GeneratorArg = None,
+    diagnostics: bool = False,
+    diagnostics_p: float = 0.9,
+    callback: Optional[Callable] = None,
+    progress: bool = False,
+) -> SamplerOutput:
+    """Masked diffusion with ReMDM remasking (mode "mdlm" = plain ancestral MDLM, σ = 0).
+
+    Time grid t_i = linspace(t_start, eps, steps + 1), s = t − dt, α_t = 1 − t (loop: see
+    [`remdm_loop_schedule`]). Per step and generated position: a visible token is remasked with
+    probability σ (per token for "conf"); a masked one is unmasked with probability
+    [`remdm_unmask_prob`] and drawn from p_θ(· | z) (temperature, top-k, then ReMDM top-p). The
+    network runs only when some position unmasks, and the LM head only on those positions.
+    After the grid, positions still masked take the argmax (no top-p) when `final_greedy`.
+
+    Args:
+        steps: T.
+        mode: "mdlm", "cap", "rescale", "conf" or "loop".
+        eta: η; None → η_cap(T) (paper) for cap and loop, 0.015 for rescale; unused by conf.
+        t_on, t_off, alpha_on: loop phases (official: 0.55, 0.05, 0.9).
+        masked: (B, L) bool initial mask state of generated positions (default: all masked);
+            unmasked generated positions start as visible draft tokens.
+        conf_init: (B, L) conf (= −probability) of initially visible draft tokens for mode "conf"
+            (default −1: treated as fully confident).
+    Returns:
+        [`SamplerOutput`]; `extra["masked"]` the final mask state.
+    """
+    den = as_denoiser(denoiser)
+    _check_inputs(tokens, generate_mask)
+    _check_steps(steps)
+    if mode not in ("mdlm",) + REMDM_MODES:
+        raise ValueError(f"remdm_mode must be one of {REMDM_MODES} (or 'mdlm'), got {mode!r}")
+    if eta is None:
+        eta = {"cap": eta_cap_default(steps), "loop": eta_cap_default(steps), "rescale": ETA_RESCALE_DEFAULT}.get(mode, 0.0)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if mode == "loop":
+        if not 0.0 <= t_off < t_on <= 1.0:
+            raise ValueError(f"need 0 <= t_off < t_on <= 1, got t_off={t_off}, t_on={t_on}")
+        if not 0.0 < alpha_on < 1.0:
+            raise ValueError(f"alpha_on must be in (0, 1), got {alpha_on}")
+        if eta * alpha_on / (1 - alpha_on) > 1.0:
+            raise ValueError(f"eta={eta} too large for alpha_on={alpha_on}: need eta <= (1 - alpha_on)/alpha_on")
+    if not 0.0 < eps < t_start <= 1.0:
+        raise ValueError(f"need 0 < eps < t_start <= 1, got eps={eps}, t_start={t_start}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for masked diffusion, got {temperature}")
+    index = _GenIndex(generate_mask)
+    device = tokens.device
+    batch = tokens.shape[0]
+    rng = RowRNG(generator, batch, device)
+    trace = _Trace(diagnostics, index, diagnostics_p)
+    fixed = ~index.mask
+    draft = tokens.clone()
+    is_masked = torch.ones(index.n, dtype=torch.bool, device=device)
+    if masked is not None:
+        is_masked = masked[index.rows, index.cols].bool()
+    flat_tokens = tokens[index.rows, index.cols].clone()
+    flat_tokens[is_masked] = den.mask_token_id
+    last_token = torch.where(is_masked, torch.full_like(flat_tokens, -1), flat_tokens)
+    conf = torch.full((index.n,), -math.inf, device=device)
+    if mode == "conf":
+        if conf_init is not None:
+            conf = torch.where(is_masked, conf, conf_init[index.rows, index.cols].float())
+        else:
+            conf = torch.where(is_masked, conf, torch.full_like(conf, -1.0))
+    times = torch.linspace(t_start, eps, steps + 1, dtype=torch.float64).tolist()
+    dt = (t_start - eps) / steps
+    features, nfe = None, 0
+
+    def state_z():
+        draft[index.rows, index.cols] = flat_tokens
+        visible = fixed.clone()
+        visible[index.rows, index.cols] = ~is_masked
+        return den.draft_embeds(draft, visible)
+
+    for i in _progress(range(steps), progress, f"remdm-{mode}"):
+        t = times[i]
+        if mode == "loop":
+            phase, a_t, a_s = remdm_loop_schedule(t, dt, t_on, t_off, alpha_on)
+            sigma = eta if phase == 2 else 0.0
+        else:
+            a_t, a_s = 1.0 - t, 1.0 - (t - dt)
+            sigma = remdm_sigma(mode, a_s, a_t, eta)
+        u = rng.ragged("uniform", index.counts, (2,))
+        if mode == "conf":
+            sigma_tok = conf_weights(conf, index) * sigma  # 0 at masked positions
+            remask = ~is_masked & (u[:, 0] < sigma_tok)
+            p_unmask = remdm_unmask_prob(a_s, a_t, 0.0)
+        else:
+            remask = ~is_masked & (u[:, 0] < sigma)
+            p_unmask = remdm_unmask_prob(a_s, a_t, sigma)
+        unmask = is_masked & (u[:, 0] < p_unmask)
+        n_unmask, n_remask = torch.stack([unmask.sum(), remask.sum()]).tolist()
+        probs_sel, sel, rewritten = None, None, None
+        visible_before = ~is_masked
+        if n_unmask:
+            if features is None:
+                features = den.features(state_z())
+                nfe += 1
+            sel = unmask.nonzero(as_tuple=True)[0]
+            logits = den.logits(features[index.rows[sel], index.cols[sel]])
+            probs_sel = token_probs(logits, temperature, top_k, top_p)
+            drawn = sample_from_probs(probs_sel, u[sel, 1])
+            if diagnostics:
+                previous = last_token[sel]
+                rewritten = torch.zeros_like(is_masked)
+                rewritten[sel] = (previous >= 0) & (drawn != previous)
+                last_token[sel] = drawn
+            if mode == "conf":
+                conf[sel] = -probs_sel.gather(-1, drawn.unsqueeze(-1)).squeeze(-1).float()
+            flat_tokens = flat_tokens.clone()
+            flat_tokens[sel] = drawn
+        if n_remask and mode == "conf":
+            conf = torch.where(remask, torch.full_like(conf, -math.inf), conf)
+        is_masked = (is_masked & ~unmask) | remask
+        flat_tokens = torch.where(is_masked, torch.full_like(flat_tokens, den.mask_token_id), flat_tokens)
+        if n_unmask or n_remask:
+            features = None
+        if diagnostics:
+            trace.record(probs_sel, index.rows[sel] if sel is not None else None, remasked=remask,
+                         visible_before=visible_before, changed=remask | unmask, rewritten=rewritten)
+        if callback is not None:
+            draft[index.rows, index.cols] = flat_tokens
+            visible = index.mask.clone()
+            visible[index.rows, index.cols] = ~is_masked
+            callback(i, draft.clone(), index.mask & ~visible, False)
+    if final_greedy:
+        remaining = is_masked.nonzero(as_tuple=True)[0]
+        if remaining.numel():
+            if features is None:
+                features = den.features(state_z())
+                nfe += 1
+            logits = den.logits(features[index.rows[remaining], index.cols[remaining]])
+            flat_tokens = flat_tokens.clone()
+            flat_tokens[remaining] = logits.argmax(dim=-1)
+            is_masked = is_masked.clone()
+            is_masked[remaining] = False
+    out = tokens.clone()
+    out[index.rows, index.cols] = flat_tokens
+    final_masked = torch.zeros_like(index.mask)
+    final_masked[index.rows, index.cols] = is_masked
+    return SamplerOutput(out, trace.result(), nfe, extra={"masked": final_masked})
+
+
+def mdlm(denoiser, tokens, generate_mask, *, steps: int, temperature: float = 1.0, top_p: Optional[float] = None,
+         top_k: Optional[int] = None, eps: float = 1e-5, masked=None, generator: GeneratorArg = None,
+         diagnostics: bool = False, diagnostics_p: float = 0.9, callback=None, progress=False) -> SamplerOutput:
+    """Ancestral MDLM sampling (α_t = 1 − t, unmask probability (t − s)/t, visible tokens copied,
+    final greedy step); [`remdm`] with σ = 0."""
+    return remdm(denoiser, tokens, generate_mask, steps=steps, mode="mdlm", eta=0.0, temperature=temperature,
+                 top_p=top_p, top_k=top_k, eps=eps, masked=masked, generator=generator, diagnostics=diagnostics,
+                 diagnostics_p=diagnostics_p, callback=callback, progress=progress)
+
+
+# ============================================================================ LLaDA low-confidence
+
+
+def transfer_schedule(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's per-step quota: k_i = m // s + [i < m mod s], shape (B, s) for m (B,)."""
+    base = masked_count // steps
+    remainder = masked_count % steps
+    i = torch.arange(steps, device=masked_count.device)
+    return base.unsqueeze(-1) + (i.unsqueeze(0) < remainder.unsqueeze(-1)).long()
+
+
+def low_confidence(
+    denoiser,
+    tokens: torch.Tensor,
+    generate_mask: torch.Tensor,
+    *,
+    steps: int,
+    block_length: Optional[int] = None,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg_scale: float = 0.0,
+    top_p: Optional[float] = None,
+    top_k: Optional[int] = None,
+    masked: Optional[torch.Tensor] = None,
+    eos_token_id: Optional[Union[int, Sequence[int]]] = None,
+    stop_at_eos: bool = False,
+    generator: GeneratorArg = None,
+    diagnostics: bool = False,
+    diagnostics_p: float = 0.9,
+    callback: Optional[Callable] = None,
+    progress: bool = False,
+) -> SamplerOutput:
+    """LLaDA's semi-autoregressive low-confidence remasking decoder.
+
+    Every row must have the same number G of generated positions (its generation region, read
+    left to right). G is split into blocks of `block_length`; each block gets `steps / blocks`
+    steps. Per step: x0 = Gumbel-max sample of softmax(logits / T) in float64 (argmax at T = 0)
+    at the masked positions of the current block; conf = softmax(logits)[x0] (or U(0,1) for
+    `remasking="random"`); the k_i most confident are committed, k_i = m // s + [i < m mod s]
+    with m the block's masked count. Committed tokens are never revised. With `cfg_scale` w > 0
+    an unconditional pass (fixed positions masked) gives logits u + (w + 1)(c − u).
+    With `stop_at_eos`, decoding stops after a block once every row has an EOS in its decoded part.
+    """
+    den = as_denoiser(denoiser)
+    _check_inputs(tokens, generate_mask)
+    _check_steps(steps)
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be 'low_confidence' or 'random', got {remasking!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    index = _GenIndex(generate_mask)
+    batch = tokens.shape[0]
+    device = tokens.device
+    if len(set(index.counts)) > 1:
+        raise ValueError("low_confidence needs the same number of generated positions in every row")
+    gen_len = index.counts[0] if index.counts else 0
+    block_length = gen_len if block_length is None else block_length
+    if block_length < 1 or gen_len % block_length:
+        raise ValueError(f"gen_length={gen_len} must be a multiple of block_length={block_length}")
+    num_blocks = gen_len // block_length
+    if steps % num_blocks:
+        raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({num_blocks})")
+    steps_per_block = steps // num_blocks
+    rows2d = index.rows.view(batch, gen_len)
+    cols2d = index.cols.view(batch, gen_len)
+    gen_tokens = tokens[index.rows, index.cols].view(batch, gen_len).clone()
+    is_masked = torch.ones(batch, gen_len, dtype=torch.bool, device=device)
+    if masked is not None:
+        is_masked = masked[index.rows, index.cols].view(batch, gen_len).bool().clone()
+    gen_tokens[is_masked] = den.mask_token_id
+    fixed = ~index.mask
+    rng = RowRNG(generator, batch, device)
+    trace = _Trace(diagnostics, index, diagnostics_p)
+    eos_ids = None
+    if eos_token_id is not None:
+        eos_ids = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
+    nfe, step_no = 0, 0
+    draft = tokens.clone()
+    for block in range(num_blocks):
+        lo, hi = block * block_length, (block + 1) * block_length
+        quota = transfer_schedule(is_masked[:, lo:hi].sum(dim=1), steps_per_block)  # (B, s)
+        for i in _progress(range(steps_per_block), progress, f"block {block + 1}/{num_blocks}"):
+            draft[rows2d, cols2d] = gen_tokens
+            visible = fixed.clone()
+            visible[rows2d, cols2d] = ~is_masked
+            z = den.draft_embeds(draft, visible)
+            block_masked = is_masked[:, lo:hi]
+            sel_b, sel_j = block_masked.nonzero(as_tuple=True)
+            if cfg_scale > 0:
+                z_uncond = den.draft_embeds(draft, visible & index.mask)  # fixed (prompt) positions masked
+                feats = den.features(torch.cat([z, z_uncond]))
+                nfe += 2
+                cond = den.logits(feats[:batch][rows2d[sel_b, lo + sel_j], cols2d[sel_b, lo + sel_j]])
+                uncond = den.logits(feats[batch:][rows2d[sel_b, lo + sel_j], cols2d[sel_b, lo + sel_j]])
+                logits = uncond + (cfg_scale + 1.0) * (cond - uncond)
+            else:
+                feats = den.features(z)
+                nfe += 1
+                logits = den.logits(feats[rows2d[sel_b, lo + sel_j], cols2d[sel_b, lo + sel_j]])
+            logits = logits.double()
+            if top_k is not None or (top_p is not None and top_p < 1.0):
+                keep = token_probs(logits, 1.0, top_k, top_p) > 0
+                logits = logits.masked_fill(~keep, -math.inf)
+            if temperature > 0:
+                uniform = rng.rows("uniform", (block_length, logits.shape[-1]), torch.float64)[sel_b, sel_j]
+                gumbel = -torch.log(-torch.log(uniform))
+                x0 = (logits / temperature + gumbel).argmax(dim=-1)
+            else:
+                x0 = logits.argmax(dim=-1)
+            probs = torch.softmax(logits, dim=-1)
+            if remasking == "low_confidence":
+                conf_sel = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+            else:
+                conf_sel = rng.rows("uniform", (block_length,), torch.float64)[sel_b, sel_j]
+            conf = torch.full((batch, block_length), -math.inf, dtype=torch.float64, device=device)
+            conf[sel_b, sel_j] = conf_sel
+            rank = conf.argsort(dim=1, descending=True).argsort(dim=1)
+            commit = block_masked & (rank < quota[:, i : i + 1])
+            proposal = torch.full((batch, block_length), den.mask_token_id, dtype=torch.long, device=device)
+            proposal[sel_b, sel_j] = x0
+            block_tokens = torch.where(commit, proposal, gen_tokens[:, lo:hi])
+            gen_tokens = gen_tokens.clone()
+            gen_tokens[:, lo:hi] = block_tokens
+            is_masked = is_masked.clone()
+            is_masked[:, lo:hi] = block_masked & ~commit
+            if diagnostics:
+                changed = torch.zeros(batch, gen_len, dtype=torch.bool, device=device)
+                changed[:, lo:hi] = commit
+                trace.record(probs, sel_b, changed=changed.flatten())
+            if callback is not None:
+                draft[rows2d, cols2d] = gen_tokens
+                mask_full = torch.zeros_like(index.mask)
+                mask_full[rows2d, cols2d] = is_masked
+                callback(step_no, draft.clone(), mask_full, True)
+            step_no += 1
+        if stop_at_eos and eos_ids is not None and block < num_blocks - 1:
+            decoded = gen_tokens[:, :hi]
+            if bool(torch.isin(decoded, eos_ids).any(dim=1).all()):
+                break
+    out = tokens.clone()
+    out[rows2d, cols2d] = gen_tokens
+    final_masked = torch.zeros_like(index.mask)
+    final_masked[rows2d, cols2d] = is_masked
+    return SamplerOutput(out, trace.result(), nfe, extra={"masked": final_masked})
+
+
+# ============================================================================ random-order AR
+
+
+def roar(
+    denoiser,
+    tokens: torch.Tensor,
+    generate_mask: torch.Tensor,
+    *,
+    tokens_per_step: int = 1,
+    order: str = "random",
+    temperature: float = 1.0,
+    top_p: Optional[float] = None,
+    top_k: Optional[int] = None,
+    generator: GeneratorArg = None,
+    diagnostics: bool = False,
+    diagnostics_p: float = 0.9,
+    callback: Optional[Callable] = None,
+    progress: bool = False,
+) -> SamplerOutput:
+    """Random-order autoregressive decoding (the authors' `sample_roar`): every row visits its
+    generated positions in a random order (or left to right), `tokens_per_step` at a time; each
+    step runs the denoiser on the current draft (masked = z = 0, committed = clean), draws the
+    visited positions from p_θ (float64 inverse CDF) and commits them. NFE = ⌈G / k⌉."""
+    den = as_denoiser(denoiser)
+    _check_inputs(tokens, generate_mask)
+    if isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step < 1:
+        raise ValueError(f"tokens_per_step must be an integer >= 1, got {tokens_per_step!r}")
+    if order not in ("random", "left_to_right"):
+        raise ValueError(f"order must be 'random' or 'left_to_right', got {order!r}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    index = _GenIndex(generate_mask)
+    batch, device = tokens.shape[0], tokens.device
+    rng = RowRNG(generator, batch, device)
+    trace = _Trace(diagnostics, index, diagnostics_p)
+    starts = torch.zeros(batch, dtype=torch.long, device=device)
+    starts[1:] = torch.as_tensor(index.counts, device=device).cumsum(0)[:-1]
+    position_in_row = torch.arange(index.n, device=device) - starts[index.rows]
+    if order == "random":
+        keys = rng.ragged("uniform", index.counts, dtype=torch.float64) + index.rows.double()
+        sorted_flat = keys.argsort()
+        rank = torch.empty_like(position_in_row)
+        rank[sorted_flat] = torch.arange(index.n, device=device) - starts[index.rows[sorted_flat]]
+    else:
+        rank = position_in_row
+    uniforms = rng.ragged("uniform", index.counts)
+    flat_tokens = torch.full((index.n,), den.mask_token_id, dtype=torch.long, device=device)
+    is_masked = torch.ones(index.n, dtype=torch.bool, device=device)
+    fixed = ~index.mask
+    draft = tokens.clone()
+    num_steps = math.ceil(max(index.counts, default=0) / tokens_per_step)
+    nfe = 0
+    for i in _progress(range(num_steps), progress, "roar"):
+        draft[index.rows, index.cols] = flat_tokens
+        visible = fixed.clone()
+        visible[index.rows, index.cols] = ~is_masked
+        feats = den.features(den.draft_embeds(draft, visible))
+        nfe += 1
+        now = (rank >= i * tokens_per_step) & (rank < (i + 1) * tokens_per_step)
+        sel = now.nonzero(as_tuple=True)[0]
+        logits = den.logits(feats[index.rows[sel], index.cols[sel]])
+        probs = token_probs(logits, temperature, top_k, top_p)
+        drawn = sample_from_probs(probs, uniforms[sel])
+        flat_tokens = flat_tokens.clone()
+        flat_tokens[sel] = drawn
+        is_masked = is_masked & ~now
+        if diagnostics:
+            trace.record(probs, index.rows[sel], changed=now)
+        if callback is not None:
+            draft[index.rows, index.cols] = flat_tokens
+            mask_full = torch.zeros_like(index.mask)
+            mask_full[index.rows, index.cols] = is_masked
+            callback(i, draft.clone(), mask_full, True)
+    out = tokens.clone()
+    out[index.rows, index.cols] = flat_tokens
+    return SamplerOutput(out, trace.result(), nfe, extra={"rank": rank})
+
+
+# ============================================================================ hybrid
+
+
+def hybrid(
+    denoiser,
+    tokens: torch.Tensor,
+    generate_mask: torch.Tensor,
+    *,
+    sde_steps: int,
+    finish_steps: int,
+    switch_snr: float,
+    snr_min: float = 0.01,
+    schedule: str = "geometric",
+    integrator: str = "euler",
+    noise_scale: float = 1.0,
+    posterior_top_k: Optional[int] = None,
+    threshold: float = 0.9,
+    finish: str = "low_confidence",
+    finish_kwargs: Optional[dict] = None,
+    generator: GeneratorArg = None,
+    diagnostics: bool = False,
+    diagnostics_p: float = 0.9,
+    callback: Optional[Callable] = None,
+    progress: bool = False,
+) -> SamplerOutput:
+    """Continuous then discrete: SDE from γ = 0 to `switch_snr` (`sde_steps` on the `schedule`
+    grid from `snr_min`), commit the draft (argmax of p_θ at the switch state) where its
+    probability ≥ `threshold`, mask the rest, then finish with `finish_steps` steps of
+    `low_confidence` (single block, DSL-LLaDA's hybrid) or `remdm` (the draft as visible tokens
+    that ReMDM may remask; `finish_kwargs` such as mode, eta, top_p go to the finisher).
+    """
+    if finish not in ("low_confidence", "remdm"):
+        raise ValueError(f"hybrid finish must be 'low_confidence' or 'remdm', got {finish!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    _check_steps(sde_steps)
+    _check_steps(finish_steps)
+    den = as_denoiser(denoiser)
+    path = snr_schedule(schedule, sde_steps, snr_min, switch_snr)
+    first = sde(den, tokens, generate_mask, path, integrator=integrator, noise_scale=noise_scale,
+                posterior_top_k=posterior_top_k, generator=generator, diagnostics=diagnostics,
+                diagnostics_p=diagnostics_p, callback=callback, progress=progress)
+    index = _GenIndex(generate_mask)
+    probs = torch.softmax(first.extra["final_logits"].float(), dim=-1)
+    conf, draft_flat = probs.max(dim=-1)
+    masked = torch.zeros_like(index.mask)
+    masked[index.rows, index.cols] = conf < threshold
+    draft = first.tokens
+    kwargs = dict(finish_kwargs or {})
+    if finish == "low_confidence":
+        second = low_confidence(den, draft, generate_mask, steps=finish_steps, block_length=None, masked=masked,
+                                generator=generator, diagnostics=diagnostics, diagnostics_p=diagnostics_p,
+                                callback=callback, progress=progress, **kwargs)
+    else:
+        conf_init = torch.zeros(tokens.shape, device=tokens.device)
+        conf_init[index.rows, index.cols] = -conf
+        second = remdm(den, draft, generate_mask, steps=finish_steps, masked=masked, conf_init=conf_init,
+                       generator=generator, diagnostics=diagnostics, diagnostics_p=diagnostics_p,
+                       callback=callback, progress=progress, **kwargs)
+    extra = {"draft": draft, "draft_masked": masked}
+    return SamplerOutput(second.tokens, merge_diagnostics(first.diagnostics, second.diagnostics),
+                         first.nfe + second.nfe, extra=extra)
+
+
+# ============================================================================ error correction
+
+
+def correct(
+    denoiser,
+    tokens: torch.Tensor,
+    suspect_mask: torch.Tensor,
+    *,
+    suspect_snr: float = 5.0,
+    steps: int = 1,
+    threshold: float = 0.0,
+    diagnostics: bool = False,
+    diagnostics_p: float = 0.9,
+    callback: Optional[Callable] = None,
+    progress: bool = False,
+) -> SamplerOutput:
+    """Error correction (DSL-LLaDA): every suspect token is visible but at a finite SNR,
+    z = suspect_snr · E[t], so context can outvote it; other positions are clean. Each round
+    replaces a suspect token by the denoiser's argmax where p(argmax) − p(current) > `threshold`;
+    rounds stop early when nothing changes. Deterministic.
+
+    Returns:
+        [`SamplerOutput`] with the corrected `tokens` and `changed` (B, L) bool, the positions
+        whose token differs from the input.
+    """
+    den = as_denoiser(denoiser)
+    _check_inputs(tokens, suspect_mask)
+    _check_steps(steps)
+    if suspect_snr <= 0:
+        raise ValueError(f"suspect_snr must be > 0, got {suspect_snr}")
+    index = _GenIndex(suspect_mask)
+    trace = _Trace(diagnostics, index, diagnostics_p)
+    current = tokens.clone()
+    fixed = ~index.mask
+    nfe = 0
+    for i in _progress(range(steps), progress, "correct"):
+        z = den.draft_embeds(current, fixed) + den.draft_embeds(current, index.mask, suspect_snr)
+        logits = den.logits(den.features(z)[index.rows, index.cols])
+        nfe += 1
+        probs = torch.softmax(logits.float(), dim=-1)
+        flat = current[index.rows, index.cols]
+        p_best, best = probs.max(dim=-1)
+        p_cur = probs.gather(-1, flat.clamp(0, probs.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+        change = (best != flat) & (p_best - p_cur > threshold)
+        if diagnostics:
+            trace.record(probs, index.rows, changed=change, rewritten=change)
+        current = current.clone()
+        current[index.rows, index.cols] = torch.where(change, best, flat)
+        if callback is not None:
+            callback(i, current.clone(), torch.zeros_like(index.mask), False)
+        if not bool(change.any()):
+            break
+    changed = (current != tokens) & index.mask
+    return SamplerOutput(current, trace.result(), nfe, changed=changed)

@@ -1,0 +1,516 @@
+"""Samplers (modeling_dsl/sampling_dsl.py) driven by exact oracles and small hand-built denoisers.
+
+The oracle tests use the paper's cyclic toy (App. B): the data are the K cyclic shifts of
+(0, …, K−1), uniformly; the exact Bayes denoiser gives p(x_i | z) for any mix of noisy, visible
+and masked positions. A correct sampler driven by it yields (nearly) only valid cyclic
+sequences, with uniformly distributed shifts.
+"""
+
+import math
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from modeling_dsl import sampling_dsl as S
+from modeling_dsl.noise_dsl import snr_schedule, token_posterior
+
+NUM_SAMPLES = 600
+ALPHA = 0.01
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The oracle loops run thousands of tiny ops: one thread avoids oversubscription."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def embeddings(num_tokens: int, kind: str, seed: int = 0) -> torch.Tensor:
+    if kind == "circle":
+        angle = 2 * math.pi * torch.arange(num_tokens) / num_tokens
+        return torch.stack([angle.cos(), angle.sin()], dim=-1)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(num_tokens, 6, generator=gen), dim=-1)
+
+
+def oracle(num_tokens: int, kind: str = "random") -> S.ExactSequenceDenoiser:
+    return S.ExactSequenceDenoiser(S.cyclic_support(num_tokens), embeddings(num_tokens, kind), visible_snr=1000.0)
+
+
+def blank(batch: int, length: int):
+    return torch.zeros(batch, length, dtype=torch.long), torch.ones(batch, length, dtype=torch.bool)
+
+
+def cyclic_score(tokens: torch.Tensor, num_tokens: int):
+    """(valid fraction, chi-square p-value of the shift counts among valid rows, counts)."""
+    shift = tokens[:, 0]
+    valid = ((tokens - torch.arange(num_tokens)) % num_tokens == shift[:, None]).all(dim=1)
+    counts = torch.bincount(shift[valid], minlength=num_tokens)
+    return valid.float().mean().item(), chisquare(counts.numpy()).pvalue, counts
+
+
+# ----------------------------------------------------------------------------- oracle sanity
+
+
+def test_exact_denoiser_marginals_equal_the_single_token_posterior():
+    k = 7
+    den = oracle(k)
+    z = torch.zeros(3, k, 6)
+    z[:, 2] = torch.randn(3, 6, generator=torch.Generator().manual_seed(0)) * 2.0
+    probs = den.logits(den.features(z)).exp()
+    # Only position 2 is observed: each of its values pins one shift, so its marginal is the
+    # one-token posterior; the others follow by the cyclic structure.
+    torch.testing.assert_close(probs[:, 2].float(), token_posterior(z[:, 2], den.embeddings), atol=1e-6, rtol=0)
+    torch.testing.assert_close(probs[:, 3].float(), probs[:, 2].roll(1, dims=-1).float(), atol=1e-6, rtol=0)
+    assert torch.allclose(probs.sum(-1), torch.ones(3, k, dtype=probs.dtype))
+
+
+# ----------------------------------------------------------------------------- oracle acceptance
+
+ORACLE_CASES = {
+    "sde_euler": lambda d, t, m, g: S.sde(d, t, m, snr_schedule("geometric", 200, 0.01, 100.0), generator=g),
+    "sde_heun": lambda d, t, m, g: S.sde(d, t, m, snr_schedule("geometric", 60, 0.01, 100.0), integrator="heun",
+                                         generator=g),
+    "mdlm": lambda d, t, m, g: S.mdlm(d, t, m, steps=1000, generator=g),
+    "remdm_cap": lambda d, t, m, g: S.remdm(d, t, m, steps=2000, mode="cap", eta=2e-3, generator=g),
+    "remdm_rescale": lambda d, t, m, g: S.remdm(d, t, m, steps=2000, mode="rescale", eta=2e-3, generator=g),
+    "remdm_loop": lambda d, t, m, g: S.remdm(d, t, m, steps=2000, mode="loop", eta=2e-3, generator=g),
+    "hybrid_low_confidence": lambda d, t, m, g: S.hybrid(
+        d, t, m, sde_steps=40, finish_steps=t.shape[1], switch_snr=3.0, finish_kwargs=dict(temperature=1.0),
+        generator=g),
+    "hybrid_remdm": lambda d, t, m, g: S.hybrid(
+        d, t, m, sde_steps=40, finish_steps=1000, switch_snr=3.0, finish="remdm",
+        finish_kwargs=dict(mode="cap", eta=1e-3), generator=g),
+    "roar": lambda d, t, m, g: S.roar(d, t, m, tokens_per_step=1, generator=g),
+    "roar_left_to_right": lambda d, t, m, g: S.roar(d, t, m, tokens_per_step=1, order="left_to_right", generator=g),
+    "low_confidence_sampled": lambda d, t, m, g: S.low_confidence(d, t, m, steps=t.shape[1], temperature=1.0,
+                                                                  generator=g),
+}
+
+
+@pytest.mark.parametrize("num_tokens", [5, 7])
+@pytest.mark.parametrize("name", sorted(ORACLE_CASES))
+def test_oracle_cyclic_toy_valid_and_uniform(name, num_tokens):
+    tokens, gen_mask = blank(NUM_SAMPLES, num_tokens)
+    out = ORACLE_CASES[name](oracle(num_tokens), tokens, gen_mask, torch.Generator().manual_seed(1))
+    valid, p_value, counts = cyclic_score(out.tokens, num_tokens)
+    print(f"{name} K={num_tokens}: valid={valid:.4f} chi2 p={p_value:.3f} counts={counts.tolist()} nfe={out.nfe}")
+    assert valid >= 0.99
+    assert p_value > ALPHA
+
+
+PRIOR = torch.tensor([0.35, 0.25, 0.2, 0.12, 0.08])
+
+
+@pytest.mark.parametrize("name", sorted(ORACLE_CASES))
+def test_oracle_cyclic_toy_with_a_non_uniform_prior(name):
+    """Uniform shifts are partly guaranteed by symmetry (a random first position turns any token
+    bias into uniform shifts); a non-uniform prior over the shifts makes the chi-square test see
+    biased categorical draws. LLaDA's confidence-ordered commits are biased towards likely
+    tokens by design: the test must detect that."""
+    den = S.ExactSequenceDenoiser(S.cyclic_support(5), embeddings(5, "random"), visible_snr=1000.0, prior=PRIOR)
+    tokens, gen_mask = blank(NUM_SAMPLES, 5)
+    out = ORACLE_CASES[name](den, tokens, gen_mask, torch.Generator().manual_seed(1))
+    valid, _, counts = cyclic_score(out.tokens, 5)
+    p_value = chisquare(counts.numpy(), (PRIOR * counts.sum()).numpy()).pvalue
+    print(f"{name} prior: valid={valid:.4f} chi2 p={p_value:.4f} counts={counts.tolist()}")
+    assert valid >= 0.99
+    if name == "low_confidence_sampled":
+        assert p_value < 1e-6
+    else:
+        assert p_value > ALPHA
+
+
+@pytest.mark.parametrize("num_tokens", [5, 7])
+def test_oracle_cyclic_toy_remdm_conf(num_tokens):
+    # ReMDM-conf remasks about σ_max = min(1, (1 − α_s)/α_t) tokens per row per step and unmasks at
+    # the MDLM rate, so tokens settle only late (t ~ √(L/T)); its parallel-commit error shrinks
+    # only like 1/√T (measured: 97.8 % valid at T = 2000, 99.0 % at T = 12000 for K = 7).
+    tokens, gen_mask = blank(NUM_SAMPLES, num_tokens)
+    out = S.remdm(oracle(num_tokens), tokens, gen_mask, steps=30000, mode="conf",
+                  generator=torch.Generator().manual_seed(1))
+    valid, p_value, counts = cyclic_score(out.tokens, num_tokens)
+    print(f"remdm_conf K={num_tokens}: valid={valid:.4f} chi2 p={p_value:.3f} counts={counts.tolist()}")
+    assert valid >= 0.99
+    assert p_value > ALPHA
+
+
+@pytest.mark.parametrize("kind", ["circle", "random"])
+def test_oracle_sde_on_the_unit_circle_and_random_vectors(kind):
+    tokens, gen_mask = blank(NUM_SAMPLES, 7)
+    den = S.ExactSequenceDenoiser(S.cyclic_support(7), embeddings(7, kind), visible_snr=1000.0)
+    out = S.sde(den, tokens, gen_mask, snr_schedule("sensitive", 100, 0.01, 100.0), generator=torch.Generator().manual_seed(4))
+    valid, p_value, _ = cyclic_score(out.tokens, 7)
+    assert valid >= 0.99 and p_value > ALPHA
+
+
+def test_parallel_commits_show_the_factorisation_error():
+    """Fewer steps than positions: independent per-position draws break the joint structure.
+    The valid fractions are reported (printed), and must be clearly below the one-per-step ones."""
+    k = 7
+    tokens, gen_mask = blank(NUM_SAMPLES, k)
+    den = oracle(k)
+    runs = {
+        "mdlm T=2": S.mdlm(den, tokens, gen_mask, steps=2, generator=torch.Generator().manual_seed(2)),
+        "mdlm T=4": S.mdlm(den, tokens, gen_mask, steps=4, generator=torch.Generator().manual_seed(2)),
+        "roar k=2": S.roar(den, tokens, gen_mask, tokens_per_step=2, generator=torch.Generator().manual_seed(2)),
+        "roar k=4": S.roar(den, tokens, gen_mask, tokens_per_step=4, generator=torch.Generator().manual_seed(2)),
+        "remdm-cap T=4": S.remdm(den, tokens, gen_mask, steps=4, mode="cap", generator=torch.Generator().manual_seed(2)),
+        "low_confidence T=2 (sampled)": S.low_confidence(den, tokens, gen_mask, steps=2, temperature=1.0,
+                                                         generator=torch.Generator().manual_seed(2)),
+    }
+    for name, out in runs.items():
+        valid, p_value, _ = cyclic_score(out.tokens, k)
+        print(f"fewer steps than positions, {name}: valid={valid:.4f} (chi2 p={p_value:.3f})")
+        assert valid < 0.9, name
+
+
+def test_prompted_oracle_generation_follows_the_prompt():
+    """A visible prompt token pins the shift: every sampler must continue it consistently."""
+    k = 7
+    den = oracle(k)
+    tokens = torch.zeros(200, k, dtype=torch.long)
+    tokens[:, 0] = 3
+    gen_mask = torch.ones_like(tokens, dtype=torch.bool)
+    gen_mask[:, 0] = False
+    expected = (torch.arange(k) + 3) % k
+    gen = torch.Generator().manual_seed(0)
+    outs = [
+        S.sde(den, tokens, gen_mask, snr_schedule("geometric", 30, 0.01, 50.0), generator=gen),
+        S.mdlm(den, tokens, gen_mask, steps=8, generator=gen),
+        S.remdm(den, tokens, gen_mask, steps=8, mode="loop", eta=0.05, generator=gen),
+        S.roar(den, tokens, gen_mask, tokens_per_step=3, generator=gen),
+        S.low_confidence(den, tokens, gen_mask, steps=2, temperature=1.0, generator=gen),
+    ]
+    for out in outs:
+        assert (out.tokens == expected).all()
+
+
+# ----------------------------------------------------------------------------- SDE details
+
+
+def test_sde_holds_prompt_embeddings_and_counts_nfe():
+    seen = []
+
+    def recorder(z):
+        seen.append(z.clone())
+        return torch.zeros(z.shape[0], z.shape[1], 4)
+
+    emb = embeddings(4, "random")
+    den = S.as_denoiser(recorder, emb, visible_snr=30.0)
+    tokens = torch.tensor([[2, 1, 0, 0]])
+    gen_mask = torch.tensor([[False, False, True, True]])
+    out = S.sde(den, tokens, gen_mask, torch.tensor([0.5, 1.0, 2.0]), integrator="heun",
+                generator=torch.Generator().manual_seed(0))
+    # 0 is prepended: 3 steps × 2 evaluations (Heun) + the final decode.
+    assert out.nfe == 7 == len(seen)
+    for z in seen:
+        torch.testing.assert_close(z[0, 0], 30.0 * emb[2])
+        torch.testing.assert_close(z[0, 1], 30.0 * emb[1])
+    assert torch.equal(out.tokens[0, :2], tokens[0, :2])
+    assert seen[0][0, 2:].abs().max() == 0  # the state starts at z = 0 (γ = 0)
+
+
+def test_sde_euler_step_is_drift_plus_scaled_brownian_increment():
+    emb = embeddings(4, "random")
+    const_logits = torch.tensor([2.0, 0.0, -1.0, 0.5])
+    den = S.as_denoiser(lambda z: const_logits.expand(z.shape[0], z.shape[1], 4), emb, visible_snr=30.0)
+    tokens, gen_mask = blank(3, 2)
+    x_hat = torch.softmax(const_logits, -1) @ emb
+    for scale in (1.0, 0.3, 0.0):
+        out = S.sde(den, tokens, gen_mask, torch.tensor([0.0, 4.0]), noise_scale=scale,
+                    generator=torch.Generator().manual_seed(5))
+        noise = torch.randn(6, emb.shape[1], generator=torch.Generator().manual_seed(5)).view(3, 2, -1)
+        torch.testing.assert_close(out.extra["z"], 4.0 * x_hat + scale * 2.0 * noise)
+
+
+def test_sde_posterior_top_k_uses_only_the_top_tokens():
+    emb = embeddings(5, "random")
+    logits = torch.tensor([3.0, 2.0, 0.0, -1.0, -2.0])
+    den = S.as_denoiser(lambda z: logits.expand(z.shape[0], z.shape[1], 5), emb, visible_snr=30.0)
+    tokens, gen_mask = blank(1, 1)
+    out = S.sde(den, tokens, gen_mask, torch.tensor([0.0, 1.0]), noise_scale=0.0, posterior_top_k=2)
+    expected = torch.softmax(logits[:2], -1) @ emb[:2]
+    torch.testing.assert_close(out.extra["z"][0, 0], expected)
+
+
+def test_per_token_snr_paths_move_each_position_by_its_own_increments():
+    emb = embeddings(4, "random")
+    den = S.as_denoiser(lambda z: torch.zeros(z.shape[0], z.shape[1], 4), emb, visible_snr=30.0)
+    tokens, gen_mask = blank(1, 3)
+    path = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 5.0], [0.0, 0.0, 0.0]])  # (L, S+1)
+    out = S.sde(den, tokens, gen_mask, path, noise_scale=0.0)
+    mean = emb.mean(0)
+    torch.testing.assert_close(out.extra["z"][0], torch.stack([2.0 * mean, 5.0 * mean, 0.0 * mean]))
+    assert out.extra["snr"][0].tolist() == [2.0, 5.0, 0.0]
+
+
+# ----------------------------------------------------------------------------- ReMDM formulas
+
+
+@pytest.mark.parametrize("alpha_s,alpha_t,eta", [(0.6, 0.5, 0.1), (0.3, 0.2, 0.9), (0.95, 0.94, 0.02), (0.1, 0.0, 0.05)])
+def test_remdm_sigma_matches_the_reference_formulas(alpha_s, alpha_t, eta):
+    sigma_max = min(1.0, (1 - alpha_s) / alpha_t) if alpha_t > 0 else 1.0
+    cap = min(eta, (1 - alpha_s) / alpha_t) if alpha_t > 0 else eta
+    assert S.remdm_sigma("cap", alpha_s, alpha_t, eta) == pytest.approx(cap)
+    assert S.remdm_sigma("rescale", alpha_s, alpha_t, eta) == pytest.approx(eta * sigma_max)
+    assert S.remdm_sigma("conf", alpha_s, alpha_t, eta) == pytest.approx(sigma_max)
+    assert S.remdm_sigma("mdlm", alpha_s, alpha_t, eta) == 0.0
+    for sigma in (0.0, S.remdm_sigma("cap", alpha_s, alpha_t, eta)):
+        unmask = S.remdm_unmask_prob(alpha_s, alpha_t, sigma)
+        assert unmask == pytest.approx((alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t))
+        mask_mass = (1 - alpha_s - sigma * alpha_t) / (1 - alpha_t)
+        assert unmask + mask_mass == pytest.approx(1.0)
+        assert 0.0 <= unmask <= 1.0
+
+
+def test_remdm_loop_phases_switch_at_t_on_and_t_off():
+    t_on, t_off, alpha_on, dt = 0.55, 0.05, 0.9, 0.01
+    phase, a_t, a_s = S.remdm_loop_schedule(0.56, dt, t_on, t_off, alpha_on)
+    assert phase == 1
+    assert a_t == pytest.approx(0.44 * 0.9 / 0.45) and a_s == pytest.approx(0.45 * 0.9 / 0.45)
+    assert S.remdm_loop_schedule(0.55, dt, t_on, t_off, alpha_on) == (2, 0.9, 0.9)
+    assert S.remdm_loop_schedule(0.051, dt, t_on, t_off, alpha_on)[0] == 2
+    phase, a_t, a_s = S.remdm_loop_schedule(0.05, dt, t_on, t_off, alpha_on)
+    assert phase == 3
+    assert a_t == pytest.approx(1 - 0.05 * 0.1 / 0.05) and a_s == pytest.approx(1 - 0.04 * 0.1 / 0.05)
+    assert S.remdm_loop_schedule(1.0, dt, t_on, t_off, alpha_on)[1] == pytest.approx(0.0)
+    # In the loop phase the masked fraction stays at 1 − α_on: unmask rate η·α_on/(1 − α_on).
+    assert S.remdm_unmask_prob(0.9, 0.9, 0.02) == pytest.approx(0.02 * 0.9 / 0.1)
+
+
+def test_eta_cap_defaults_follow_the_paper_table():
+    assert [S.eta_cap_default(t) for t in (128, 256, 512, 1024)] == [0.010, 0.008, 0.007, 0.002]
+    assert S.eta_cap_default(64) == 0.010 and S.eta_cap_default(4096) == 0.002
+    assert 0.007 > S.eta_cap_default(700) > 0.002
+
+
+def _one_step_rates(mode, eta, t, s, **kw):
+    """Run one ReMDM step from a half-visible state; return (remask rate, unmask rate)."""
+    batch, length = 4000, 8
+    emb = embeddings(5, "random")
+    den = S.as_denoiser(lambda z: torch.zeros(z.shape[0], z.shape[1], 5), emb, visible_snr=30.0)
+    tokens = torch.ones(batch, length, dtype=torch.long)
+    gen_mask = torch.ones(batch, length, dtype=torch.bool)
+    masked = torch.zeros(batch, length, dtype=torch.bool)
+    masked[:, ::2] = True
+    out = S.remdm(den, tokens, gen_mask, steps=1, mode=mode, eta=eta, t_start=t, eps=s, masked=masked,
+                  final_greedy=False, generator=torch.Generator().manual_seed(0), **kw)
+    now = out.extra["masked"]
+    return now[:, 1::2].float().mean().item(), (~now[:, ::2]).float().mean().item()
+
+
+@pytest.mark.parametrize(
+    "mode,eta,kw,remask,unmask",
+    [
+        # t = 0.5, s = 0.4: α_t = 0.5, α_s = 0.6, (1 − α_s)/α_t = 0.8
+        ("mdlm", 0.0, {}, 0.0, 0.2),
+        ("cap", 0.1, {}, 0.1, (0.6 - 0.9 * 0.5) / 0.5),
+        ("rescale", 0.25, {}, 0.25 * 0.8, (0.6 - (1 - 0.2) * 0.5) / 0.5),
+        # conf: equal confidences → η^ℓ = 1/4 over the 4 visible tokens; masked unmask at MDLM rate
+        ("conf", None, {}, 0.8 / 4, 0.2),
+        # loop phase 2 (t_off < 0.5 ≤ t_on): remask η, unmask η·α_on/(1 − α_on)
+        ("loop", 0.05, dict(t_on=0.55, t_off=0.05, alpha_on=0.8), 0.05, 0.05 * 0.8 / 0.2),
+    ],
+)
+def test_remdm_step_frequencies_match_the_formulas(mode, eta, kw, remask, unmask):
+    got_remask, got_unmask = _one_step_rates(mode, eta, 0.5, 0.4, **kw)
+    n = 4000 * 4
+    for got, want in ((got_remask, remask), (got_unmask, unmask)):
+        tol = 4.5 * math.sqrt(max(want * (1 - want), 1e-9) / n) + 1e-9
+        assert abs(got - want) <= tol, (mode, got, want)
+
+
+def test_remdm_conf_prefers_low_confidence_tokens():
+    weights = S.conf_weights(torch.tensor([-0.9, -0.1, -math.inf, -0.5]), S._GenIndex(torch.ones(1, 4, dtype=torch.bool)))
+    assert weights[2] == 0
+    assert weights[1] > weights[3] > weights[0]
+    assert weights.sum().item() == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- categorical draws
+
+
+def test_top_p_follows_the_reference_and_keeps_the_top_token():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    torch.testing.assert_close(S.top_p_filter(probs, 0.8), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    torch.testing.assert_close(S.top_p_filter(probs, 0.79), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(S.top_p_filter(probs, 0.1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    assert S.top_p_filter(probs, 1.0) is probs
+
+
+def test_inverse_cdf_draws_are_exact_and_skip_zero_probability_tokens():
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.2, 0.0])
+    n = 20000
+    u = torch.rand(n, generator=torch.Generator().manual_seed(0))
+    u[:3] = torch.tensor([0.0, 1.0 - 1e-12, 0.5])
+    draws = S.sample_from_probs(probs.expand(n, -1), u)
+    counts = torch.bincount(draws, minlength=6)
+    assert counts[[0, 2, 5]].sum() == 0
+    assert chisquare(counts[[1, 3, 4]].numpy(), (probs[[1, 3, 4]] * n).numpy()).pvalue > ALPHA
+
+
+def test_row_rng_is_batch_composition_invariant():
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    full = S.RowRNG(gens([10, 11, 12]), 3, "cpu").ragged("normal", [4, 2, 3], (5,))
+    alone = S.RowRNG(gens([11]), 1, "cpu").ragged("normal", [2], (5,))
+    torch.testing.assert_close(full[4:6], alone)
+    rows = S.RowRNG(gens([10, 12]), 2, "cpu").rows("uniform", (3, 2))
+    torch.testing.assert_close(rows[1], S.RowRNG(gens([12]), 1, "cpu").rows("uniform", (3, 2))[0])
+
+
+# ----------------------------------------------------------------------------- low_confidence
+
+
+def test_transfer_schedule_gives_the_remainder_to_the_first_steps():
+    quota = S.transfer_schedule(torch.tensor([10, 7, 3, 0]), 4)
+    assert quota.tolist() == [[3, 3, 2, 2], [2, 2, 2, 1], [1, 1, 1, 0], [0, 0, 0, 0]]
+
+
+def _confidence_denoiser(vocab=6, length=12):
+    """Position j predicts token (j mod vocab) with a peak that grows with j (deterministic)."""
+    emb = embeddings(vocab, "random")
+
+    def logits(z):
+        b, l = z.shape[:2]
+        out = torch.zeros(b, l, vocab)
+        for j in range(l):
+            out[:, j, j % vocab] = 0.3 * j + 1.0
+        return out
+
+    return S.as_denoiser(logits, emb, visible_snr=30.0)
+
+
+def test_low_confidence_quota_block_order_prompt_and_no_revision():
+    den = _confidence_denoiser()
+    prompt_len, gen_len, block, steps = 2, 8, 4, 6
+    tokens = torch.full((2, prompt_len + gen_len), 5, dtype=torch.long)
+    tokens[:, :prompt_len] = torch.tensor([[4, 3], [1, 2]])
+    gen_mask = torch.zeros_like(tokens, dtype=torch.bool)
+    gen_mask[:, prompt_len:] = True
+    states = []
+    out = S.low_confidence(den, tokens, gen_mask, steps=steps, block_length=block,
+                           callback=lambda i, draft, masked, final: states.append((draft, masked)))
+    assert out.nfe == steps == len(states)
+    # 2 blocks × 3 steps; block quota for m = 4 masks over 3 steps: [2, 1, 1].
+    expected_new = [2, 1, 1, 2, 1, 1]
+    previous_masked = gen_mask.clone()
+    previous_draft = tokens
+    for step, (draft, masked) in enumerate(states):
+        newly = previous_masked & ~masked
+        assert newly.sum(dim=1).tolist() == [expected_new[step]] * 2
+        block_index = step // 3
+        lo, hi = prompt_len + block * block_index, prompt_len + block * (block_index + 1)
+        assert not newly[:, :lo].any() and not newly[:, hi:].any()  # only the current block
+        if step % 3 == 2:
+            assert not masked[:, lo:hi].any()  # the block is complete at its last step
+        assert torch.equal(draft[:, :prompt_len], tokens[:, :prompt_len])  # prompt untouched
+        committed = ~previous_masked & gen_mask
+        assert torch.equal(draft[committed], previous_draft[committed])  # never revised
+        previous_masked, previous_draft = masked, draft
+    # Temperature 0: within a block the most confident (largest j) positions commit first.
+    first = states[0][1]
+    assert (~first[:, prompt_len:prompt_len + block]).tolist() == [[False, False, True, True]] * 2
+    assert out.tokens[0, prompt_len:].tolist() == [j % 6 for j in range(prompt_len, prompt_len + gen_len)]
+
+
+def test_low_confidence_cfg_combines_conditional_and_unconditional_logits():
+    emb = embeddings(3, "random")
+
+    def logits(z):
+        prompt_visible = z[:, 0].abs().sum(-1) > 0  # conditional pass: the prompt is visible
+        cond = torch.tensor([0.0, 1.0, 0.5])
+        uncond = torch.tensor([0.0, 2.0, 0.0])
+        out = torch.where(prompt_visible[:, None], cond, uncond)
+        return out[:, None, :].expand(z.shape[0], z.shape[1], 3)
+
+    den = S.as_denoiser(logits, emb, visible_snr=30.0)
+    tokens = torch.tensor([[1, 0]])
+    gen_mask = torch.tensor([[False, True]])
+    assert S.low_confidence(den, tokens, gen_mask, steps=1).tokens[0, 1] == 1
+    out = S.low_confidence(den, tokens, gen_mask, steps=1, cfg_scale=2.0)  # u + 3(c − u) = [0, −1, 1.5]
+    assert out.tokens[0, 1] == 2 and out.nfe == 2
+
+
+def test_low_confidence_rejects_bad_block_settings():
+    den = _confidence_denoiser()
+    tokens, gen_mask = blank(1, 8)
+    with pytest.raises(ValueError, match="block_length"):
+        S.low_confidence(den, tokens, gen_mask, steps=4, block_length=3)
+    with pytest.raises(ValueError, match="steps"):
+        S.low_confidence(den, tokens, gen_mask, steps=3, block_length=4)
+
+
+# ----------------------------------------------------------------------------- roar, correct
+
+
+def test_roar_commits_each_position_once_in_order():
+    den = _confidence_denoiser()
+    tokens, gen_mask = blank(3, 7)
+    states = []
+    out = S.roar(den, tokens, gen_mask, tokens_per_step=3, order="left_to_right",
+                 generator=torch.Generator().manual_seed(0),
+                 callback=lambda i, draft, masked, final: states.append(masked))
+    assert out.nfe == 3 == len(states)
+    assert [(~m[0]).sum().item() for m in states] == [3, 6, 7]
+    assert (~states[0][:, :3]).all() and states[0][:, 3:].all()
+    out = S.roar(den, tokens, gen_mask, tokens_per_step=1, generator=torch.Generator().manual_seed(0))
+    ranks = out.extra["rank"].view(3, 7)
+    assert all(sorted(r.tolist()) == list(range(7)) for r in ranks)
+    assert not torch.equal(ranks[0], ranks[1])  # random orders differ between rows
+
+
+def test_correct_fixes_a_corrupted_token_and_reports_the_position():
+    k = 7
+    den = oracle(k, "random")
+    clean = torch.stack([(torch.arange(k) + s) % k for s in range(k)])
+    corrupted = clean.clone()
+    positions = torch.arange(k) % k
+    corrupted[torch.arange(k), positions] = (clean[torch.arange(k), positions] + 3) % k
+    suspect = torch.ones_like(clean, dtype=torch.bool)
+    out = S.correct(den, corrupted, suspect, suspect_snr=5.0, steps=3)
+    assert torch.equal(out.tokens, clean)
+    expected_changed = torch.zeros_like(suspect)
+    expected_changed[torch.arange(k), positions] = True
+    assert torch.equal(out.changed, expected_changed)
+    untouched = S.correct(den, clean, suspect, suspect_snr=5.0)
+    assert torch.equal(untouched.tokens, clean) and not untouched.changed.any()
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def test_diagnostics_shapes_and_meaning():
+    k = 7
+    den = oracle(k)
+    tokens, gen_mask = blank(50, k)
+    out = S.roar(den, tokens, gen_mask, tokens_per_step=1, generator=torch.Generator().manual_seed(0),
+                 diagnostics=True)
+    d = out.diagnostics
+    assert set(d) == {"u_t", "H_t", "k_t", "r_t", "delta_t", "rewrites"}
+    assert d["u_t"].shape == (k, 50) and d["rewrites"].shape == (50, k)
+    torch.testing.assert_close(d["delta_t"].sum(0), torch.ones(50))  # one new token of 7 per step
+    assert (d["r_t"] == 0).all() and (d["rewrites"] == 0).all()
+    # The first draw is uniform over K tokens: entropy ln K, uncertainty 1 − 1/K, nucleus ⌈0.9K⌉.
+    torch.testing.assert_close(d["H_t"][0], torch.full((50,), math.log(k)))
+    torch.testing.assert_close(d["u_t"][0], torch.full((50,), 1 - 1 / k))
+    assert (d["k_t"][0] == math.ceil(0.9 * k)).all()
+    # Afterwards the shift is pinned: no uncertainty left.
+    assert d["H_t"][1:].max() < 1e-6
+
+    out = S.remdm(den, tokens, gen_mask, steps=50, mode="rescale", eta=0.5,
+                  generator=torch.Generator().manual_seed(0), diagnostics=True)
+    d = out.diagnostics
+    assert d["r_t"].shape == (50, 50)
+    assert torch.nanmean(d["r_t"]) > 0.05
+    assert d["rewrites"].sum() >= 0 and (d["delta_t"] <= 1).all()
+
+    out = S.sde(den, tokens, gen_mask, snr_schedule("geometric", 20, 0.01, 50.0),
+                generator=torch.Generator().manual_seed(0), diagnostics=True)
+    d = out.diagnostics
+    assert d["H_t"].shape == (21, 50)  # 0 prepended
+    assert d["H_t"][0].mean() > d["H_t"][-1].mean()  # localisation lowers the entropy
+    assert (d["rewrites"] >= 0).all() and d["rewrites"].sum() > 0
