@@ -17,7 +17,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["modeling_dsl", "trainers"],
-    package_data={"trainers": ["configs/*.json", "configs/*.yaml"]},
+    package_data={"trainers": ["configs/*.json", "configs/*.yaml", "demo_data/*.txt", "demo_data/*.md", "demo_data/LICENSE"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",

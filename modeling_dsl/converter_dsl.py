@@ -61,10 +61,16 @@ class SoftmaxConverter(nn.Module):
         super().__init__()
         self.vocab_size, self.noise_dim = vocab_size, noise_dim
         self.beta_init, self.mask_bias_init = float(beta_init), float(mask_bias_init)
-        self.beta = nn.Parameter(torch.tensor(self.beta_init))
+        # β has shape (1,), not (): DeepSpeed views every parameter as bytes, which 0-dim tensors refuse.
+        self.beta = nn.Parameter(torch.full((1,), self.beta_init))
         self.logit_bias = nn.Parameter(torch.zeros(vocab_size + 1))
         self.backbone_embedding = nn.Linear(vocab_size + 1, hidden_size, bias=bias)
-        self.reset_parameters()
+        # Not reset_parameters(): under ZeRO-3's zero.Init the Linear is already partitioned
+        # (shape [0]) and its own init already ran; only the DSL-specific entries are set here.
+        with torch.no_grad():
+            self.logit_bias[-1] = self.mask_bias_init
+            if self.backbone_embedding.bias is not None:
+                self.backbone_embedding.bias.zero_()
 
     def reset_parameters(self) -> None:
         with torch.no_grad():

@@ -1,0 +1,479 @@
+"""`DSLTrainer`: DSL continued pretraining (paper §4.1, Algorithm 1) as a `transformers.Trainer`.
+
+Per micro-batch, `compute_loss`
+
+1. draws a per-token SNR γ for every position from the model config's mixture (ROAR endpoints with
+   probability 1/k, LogNormal otherwise) through `modeling_dsl.noise_dsl.SNRSampler` — the one
+   sampler of the project;
+2. keeps prompt tokens of prompt/response rows clean (γ = γ_max, the DESIGN convention for visible
+   tokens) and gives padding γ = 0 (padding keys are never attended to);
+3. runs the model with `snr=`: spherical embedding → z = γx + √γ ε → converter → backbone;
+4. takes the token-mean cross-entropy (nats) over every non-pad, non-prompt position.
+
+`objective="mdlm"` trains the masked-diffusion baseline with the same model, data and code: MDLM's
+log-linear schedule (eps = 1e-3), antithetic (stratified) t per row, each target token masked
+(γ = 0) with probability (1 − eps)·t, the rest visible (γ = γ_max); loss = Σ_masked CE/t divided by
+the number of target tokens, as MDLM reduces it (`reference/mdlm_remdm.md` §3).
+
+Noise is reproducible: each micro-batch gets a `torch.Generator` seeded from (`args.seed`,
+optimiser step, micro-batch index, process index), so a resumed run draws the same noise as an
+uninterrupted one; Trainer restores the data order and the global RNG (dropout) itself.
+
+Logged extras: `loss_snr_<lo>-<hi>` (mean CE of the scored tokens per SNR bucket, since the last
+log) and, at each evaluation, `eval_ce_snr_<γ>` / `eval_acc_snr_<γ>` for γ in {0, 1, 5, 10, 20,
+50, 100} (every target token at that SNR; the calibration view of the authors' code).
+[`EMACallback`] keeps an exponential moving average of the weights (decay 0.999 as the authors),
+saved as `ema.safetensors` in each checkpoint, restored on resume and swapped in for evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from modeling_dsl.noise_dsl import SNRSampler
+
+from .data import DSLDataCollator
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("dsl", "mdlm")
+EVAL_SNRS = (0.0, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+SNR_BUCKET_EDGES = (0.0, 1.0, 5.0, 20.0, 50.0)
+EMA_WEIGHTS_NAME = "ema.safetensors"
+
+
+def unwrap_to_dsl(model):
+    """The `DSLForDiffusionLM` inside PEFT / DeepSpeed / DDP wrappers."""
+    seen = 0
+    while seen < 8:
+        seen += 1
+        if hasattr(model, "module") and not hasattr(model, "config"):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            break
+    if not hasattr(model, "config") or getattr(model.config, "model_type", None) != "dsl_diffusion":
+        raise ValueError(f"model must be a DSLForDiffusionLM (optionally wrapped), got {type(model).__name__}")
+    return model
+
+
+def mdlm_masking(batch_size: int, seq_len: int, generator: Optional[torch.Generator] = None, device=None,
+                 eps: float = 1e-3):
+    """MDLM training corruption: t per row and the mask pattern.
+
+    t = (1 − eps)·u + eps with stratified ("antithetic") u_i = (r_i + i)/B, r_i ~ U(0, 1); each
+    position is masked with probability (1 − eps)·t (log-linear schedule). Returns
+    (t (B,) fp32, masked (B, L) bool).
+    """
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"eps must be in (0, 1), got {eps}")
+    gen_device = generator.device if generator is not None else device
+    r = torch.rand(batch_size, generator=generator, device=gen_device).to(device)
+    u = (r + torch.arange(batch_size, device=device, dtype=torch.float32)) / batch_size
+    t = (1.0 - eps) * u + eps
+    draw = torch.rand((batch_size, seq_len), generator=generator, device=gen_device).to(device)
+    return t, draw < ((1.0 - eps) * t)[:, None]
+
+
+def output_logits(outputs) -> torch.Tensor:
+    """Logits from a model output (ModelOutput / dict, or the tuple of `return_dict=False`, where
+    the loss is absent because no labels are passed)."""
+    if isinstance(outputs, dict):
+        return outputs["logits"]
+    return outputs[0]
+
+
+def seed_from(*parts: int) -> int:
+    """A 63-bit seed from integers (tuple hashing of ints is the same in every process and run)."""
+    return hash(tuple(int(p) for p in parts)) & ((1 << 63) - 1)
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+class EMACallback(TrainerCallback):
+    """Exponential moving average of the trainable weights, updated after every optimiser step.
+
+    shadow ← decay·shadow + (1 − decay)·θ (no bias correction, as the authors' code). The shadow is
+    saved as `ema.safetensors` inside every `checkpoint-*` folder, restored when training resumes
+    through [`DSLTrainer.train`], and swapped into the model for evaluation when `use_for_eval`.
+
+    Args:
+        decay: EMA decay in [0, 1).
+        use_for_eval: evaluate with the EMA weights (DSLTrainer swaps them in and back).
+
+    ZeRO-3 partitions parameters across ranks, so this callback refuses it (use ZeRO-2).
+    """
+
+    def __init__(self, decay: float = 0.999, use_for_eval: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.use_for_eval = use_for_eval
+        self.shadow: Optional[dict[str, torch.Tensor]] = None
+        self.resume_from: Optional[str] = None
+
+    # -- helpers
+    @staticmethod
+    def _params(model) -> dict[str, torch.nn.Parameter]:
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if any(hasattr(p, "ds_id") for p in params.values()):
+            raise ValueError("EMACallback does not support DeepSpeed ZeRO-3 (partitioned parameters); use ZeRO-2")
+        return params
+
+    def init_from(self, model) -> None:
+        """Start the average at the model's current trainable weights."""
+        self.shadow = {n: p.detach().float().clone() for n, p in self._params(model).items()}
+
+    @torch.no_grad()
+    def update(self, model) -> None:
+        """One EMA step toward the model's current weights."""
+        if self.shadow is None:
+            self.init_from(model)
+            return
+        for name, p in self._params(model).items():
+            self.shadow[name].mul_(self.decay).add_(p.detach().float(), alpha=1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shadow weights (name → fp32 tensor)."""
+        if self.shadow is None:
+            raise ValueError("EMA has no weights yet (training has not started)")
+        return {n: t.detach().cpu().contiguous() for n, t in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], model) -> None:
+        """Restore the shadow; names must match the model's trainable parameters."""
+        params = self._params(model)
+        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"EMA state does not match the model: missing {missing}, unexpected {unexpected}")
+        self.shadow = {n: state[n].to(device=params[n].device, dtype=torch.float32).clone() for n in params}
+
+    def save(self, folder: str) -> str:
+        """Write `ema.safetensors` into `folder`; returns its path."""
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, EMA_WEIGHTS_NAME)
+        save_file(self.state_dict(), path, metadata={"decay": str(self.decay)})
+        return path
+
+    def load(self, folder: str, model) -> None:
+        """Read `ema.safetensors` from `folder`."""
+        from safetensors.torch import load_file
+
+        path = os.path.join(folder, EMA_WEIGHTS_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {EMA_WEIGHTS_NAME} in {folder}: the checkpoint was saved without EMA")
+        self.load_state_dict(load_file(path), model)
+
+    @contextlib.contextmanager
+    def swapped_in(self, model):
+        """Context manager: the model holds the EMA weights inside, its own weights after."""
+        if self.shadow is None:
+            yield model
+            return
+        params = self._params(model)
+        backup = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.shadow[n].to(p.dtype))
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(backup[n])
+
+    # -- Trainer events
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.resume_from is None and state.global_step > 0:
+            # Resumed by a plain Trainer: the checkpoint is output_dir/checkpoint-<step>.
+            candidate = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isfile(os.path.join(candidate, EMA_WEIGHTS_NAME)):
+                self.resume_from = candidate
+            else:
+                logger.warning("Resuming at step %d without %s: EMA restarts from the current weights",
+                               state.global_step, EMA_WEIGHTS_NAME)
+        if self.resume_from is not None:
+            self.load(self.resume_from, model)
+            logger.info("Restored EMA weights from %s", self.resume_from)
+            self.resume_from = None
+        elif self.shadow is None:
+            self.init_from(model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.update(model)
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save and self.shadow is not None:
+            self.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class DSLTrainer(Trainer):
+    """`transformers.Trainer` for DSL models (Algorithm 1) and the MDLM baseline.
+
+    Args (besides `Trainer`'s):
+        objective: `"dsl"` (per-token mixed SNR, CE on every target token) or `"mdlm"` (masked
+            diffusion, log-linear schedule, 1/t weights, masked tokens only).
+        snr_sampler: override the SNR sampler (default: `SNRSampler.from_config(model.config)`).
+        eval_snrs: SNRs of the fixed-SNR evaluation sweep (empty to skip it).
+        eval_max_batches: at most this many eval batches in the fixed-SNR sweep (None: all).
+        snr_bucket_edges: increasing lower edges of the SNR buckets of the training-loss log.
+        mdlm_eps: the log-linear schedule's eps.
+        ema_decay: convenience: add an [`EMACallback`] with this decay (unless one is in `callbacks`).
+
+    Batches hold `input_ids`, `attention_mask` and optionally `prompt_mask` (see
+    `trainers.data.DSLDataCollator`, the default collator); `remove_unused_columns` is turned off so
+    `prompt_mask` survives.
+    """
+
+    # compute_loss returns a per-micro-batch mean: Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model=None, args=None, data_collator=None, *, objective: str = "dsl",
+                 snr_sampler: Optional[SNRSampler] = None, eval_snrs: Sequence[float] = EVAL_SNRS,
+                 eval_max_batches: Optional[int] = None, snr_bucket_edges: Sequence[float] = SNR_BUCKET_EDGES,
+                 mdlm_eps: float = 1e-3, ema_decay: Optional[float] = None, **kwargs):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        edges = [float(e) for e in snr_bucket_edges]
+        if not edges or edges[0] != 0.0 or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"snr_bucket_edges must be increasing and start at 0, got {list(snr_bucket_edges)}")
+        if any(float(s) < 0 for s in eval_snrs):
+            raise ValueError(f"eval_snrs must be >= 0, got {list(eval_snrs)}")
+        if eval_max_batches is not None and eval_max_batches < 1:
+            raise ValueError(f"eval_max_batches must be >= 1 or None, got {eval_max_batches}")
+        if not 0.0 < mdlm_eps < 1.0:
+            raise ValueError(f"mdlm_eps must be in (0, 1), got {mdlm_eps}")
+        dsl_model = unwrap_to_dsl(model)
+        self.dsl_config = dsl_model.config
+        if data_collator is None:
+            processing = kwargs.get("processing_class")
+            pad = getattr(processing, "pad_token_id", None)
+            if pad is None:
+                pad = getattr(processing, "eos_token_id", None)
+            data_collator = DSLDataCollator(pad_token_id=0 if pad is None else int(pad))
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if ema_decay is not None and not any(isinstance(c, EMACallback) for c in callbacks):
+            callbacks.append(EMACallback(decay=ema_decay))
+        super().__init__(model=model, args=args, data_collator=data_collator, callbacks=callbacks, **kwargs)
+        if self.args.remove_unused_columns:
+            self.args.remove_unused_columns = False  # keep `prompt_mask`; the collator drops the rest
+        self.model_accepts_loss_kwargs = False
+        self.objective = objective
+        self.snr_sampler = snr_sampler if snr_sampler is not None else SNRSampler.from_config(self.dsl_config)
+        self.eval_snrs = tuple(float(s) for s in eval_snrs)
+        self.eval_max_batches = eval_max_batches
+        self.snr_bucket_edges = tuple(edges)
+        self.mdlm_eps = mdlm_eps
+        self._noise_step, self._noise_micro, self._eval_batch = -1, 0, 0
+        self._bucket_sums: Optional[torch.Tensor] = None
+        self._bucket_counts: Optional[torch.Tensor] = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def ema_callback(self) -> Optional[EMACallback]:
+        """The registered [`EMACallback`], if any."""
+        for cb in self.callback_handler.callbacks:
+            if isinstance(cb, EMACallback):
+                return cb
+        return None
+
+    def bucket_names(self) -> list[str]:
+        """Log keys of the SNR buckets, e.g. `loss_snr_0-1`, …, `loss_snr_50-inf`."""
+        edges = list(self.snr_bucket_edges) + [float("inf")]
+        return [f"loss_snr_{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])]
+
+    def noise_generator(self, device, training: bool) -> torch.Generator:
+        """A generator seeded from (seed, step, micro-batch, rank) in training, (seed, eval batch,
+        rank) in evaluation: the same noise after a resume as in an uninterrupted run."""
+        rank = self.args.process_index
+        if training:
+            step = self.state.global_step
+            if step != self._noise_step:
+                self._noise_step, self._noise_micro = step, 0
+            seed = seed_from(self.args.seed, 0, step, self._noise_micro, rank)
+            self._noise_micro += 1
+        else:
+            seed = seed_from(self.args.seed, 1, self._eval_batch, rank)
+            self._eval_batch += 1
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        return generator
+
+    @staticmethod
+    def _masks(inputs):
+        input_ids = inputs["input_ids"]
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        attention_mask = inputs.get("attention_mask")
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        prompt = inputs.get("prompt_mask")
+        prompt = torch.zeros_like(valid) if prompt is None else (prompt.bool() & valid)
+        model_mask = None if attention_mask is None or bool(valid.all()) else attention_mask
+        return input_ids, valid, prompt, model_mask
+
+    def corrupt_batch(self, inputs, generator: torch.Generator):
+        """SNRs and loss weights for one batch under the trainer's objective.
+
+        Returns (snr (B, L) fp32, weights (B, L) fp32 — 0 where a position does not count, the
+        number of target tokens the loss is divided by).
+        """
+        input_ids, valid, prompt, _ = self._masks(inputs)
+        batch, length = input_ids.shape
+        device = input_ids.device
+        targets = valid & ~prompt
+        snr_max = float(self.dsl_config.snr_max)
+        if self.objective == "dsl":
+            snr = self.snr_sampler.sample(batch, length, generator=generator, device=device)
+            weights = targets.float()
+        else:
+            t, masked = mdlm_masking(batch, length, generator, device, self.mdlm_eps)
+            masked = masked & targets
+            snr = torch.where(masked, torch.zeros((), device=device), torch.full((), snr_max, device=device))
+            weights = masked.float() / t[:, None]
+        snr = torch.where(prompt, torch.full_like(snr, snr_max), snr)
+        snr = torch.where(valid, snr, torch.zeros_like(snr))
+        return snr, weights, targets.sum()
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Algorithm 1 (or the MDLM objective) on one micro-batch; a token mean in nats."""
+        input_ids, valid, prompt, model_mask = self._masks(inputs)
+        generator = self.noise_generator(input_ids.device, training=model.training)
+        snr, weights, n_targets = self.corrupt_batch(inputs, generator)
+        outputs = model(input_ids=input_ids, snr=snr, attention_mask=model_mask, generator=generator)
+        logits = output_logits(outputs)
+        per_token = F.cross_entropy(logits.float().flatten(0, 1), input_ids.flatten(), reduction="none")
+        per_token = per_token.view(input_ids.shape)
+        loss = (per_token * weights).sum() / n_targets.clamp(min=1)
+        if model.training:
+            self._accumulate_buckets(per_token.detach(), snr, weights > 0)
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _accumulate_buckets(self, per_token, snr, counted):
+        edges = torch.tensor(self.snr_bucket_edges, device=snr.device)
+        index = (torch.bucketize(snr, edges, right=True) - 1).clamp(min=0)[counted]
+        values = per_token[counted].float()
+        n = len(self.snr_bucket_edges)
+        if self._bucket_sums is None:
+            self._bucket_sums = torch.zeros(n, device=snr.device, dtype=torch.float64)
+            self._bucket_counts = torch.zeros(n, device=snr.device, dtype=torch.float64)
+        self._bucket_sums.index_add_(0, index, values.double())
+        self._bucket_counts.index_add_(0, index, torch.ones_like(values, dtype=torch.float64))
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        """Adds the per-SNR-bucket training CE (since the last log) to training logs."""
+        if "loss" in logs and self._bucket_sums is not None:
+            sums, counts = self._bucket_sums, self._bucket_counts
+            if self.args.world_size > 1:
+                sums, counts = self.accelerator.reduce(sums, "sum"), self.accelerator.reduce(counts, "sum")
+            for name, s, c in zip(self.bucket_names(), sums.tolist(), counts.tolist()):
+                if c > 0:
+                    logs[name] = round(s / c, 4)
+            self._bucket_sums = self._bucket_counts = None
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation loss = the training objective with reproducible (per eval batch) noise."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._eval_batch = 0
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only=True,
+                                         ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.eval_snrs:
+            output.metrics.update(self.fixed_snr_metrics(dataloader, metric_key_prefix))
+        return output
+
+    @torch.no_grad()
+    def fixed_snr_metrics(self, dataloader, prefix: str = "eval") -> dict[str, float]:
+        """CE (nats) and token accuracy with every target token at each SNR of `eval_snrs`.
+
+        Prompt tokens stay at γ_max and padding is ignored, as in training.
+        """
+        model = self.model
+        was_training = model.training
+        model.eval()
+        n = len(self.eval_snrs)
+        ce_sum = torch.zeros(n, dtype=torch.float64, device=self.args.device)
+        hit_sum = torch.zeros(n, dtype=torch.float64, device=self.args.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.args.device)
+        snr_max = float(self.dsl_config.snr_max)
+        for b, inputs in enumerate(dataloader):
+            if self.eval_max_batches is not None and b >= self.eval_max_batches:
+                break
+            inputs = self._prepare_inputs(inputs)
+            input_ids, valid, prompt, model_mask = self._masks(inputs)
+            targets = valid & ~prompt
+            count += targets.sum()
+            for i, gamma in enumerate(self.eval_snrs):
+                snr = torch.full(input_ids.shape, gamma, device=input_ids.device)
+                snr = torch.where(prompt, torch.full_like(snr, snr_max), snr)
+                snr = torch.where(valid, snr, torch.zeros_like(snr))
+                generator = torch.Generator(device=input_ids.device)
+                generator.manual_seed(seed_from(self.args.seed, 2, b, i, self.args.process_index))
+                with self.compute_loss_context_manager():
+                    logits = output_logits(model(input_ids=input_ids, snr=snr, attention_mask=model_mask,
+                                                 generator=generator)).float()
+                ce = F.cross_entropy(logits.flatten(0, 1), input_ids.flatten(), reduction="none").view(input_ids.shape)
+                ce_sum[i] += (ce * targets).sum()
+                hit_sum[i] += ((logits.argmax(-1) == input_ids) & targets).sum()
+        if self.args.world_size > 1:
+            ce_sum, hit_sum, count = (self.accelerator.reduce(t, "sum") for t in (ce_sum, hit_sum, count))
+        model.train(was_training)
+        metrics = {}
+        denom = max(float(count), 1.0)
+        for i, gamma in enumerate(self.eval_snrs):
+            metrics[f"{prefix}_ce_snr_{gamma:g}"] = round(float(ce_sum[i]) / denom, 4)
+            metrics[f"{prefix}_acc_snr_{gamma:g}"] = round(float(hit_sum[i]) / denom, 4)
+        return metrics
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """`Trainer.evaluate`, with the EMA weights swapped in when an EMA callback asks for it."""
+        ema = self.ema_callback
+        if ema is not None and ema.use_for_eval and ema.shadow is not None:
+            with ema.swapped_in(self.model):
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    # ------------------------------------------------------------------ training / saving
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`; on resume the EMA callback also reloads `ema.safetensors`."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but no checkpoint found in {self.args.output_dir}")
+        if resume_from_checkpoint is False:
+            resume_from_checkpoint = None
+        ema = self.ema_callback
+        if ema is not None and resume_from_checkpoint is not None:
+            ema.resume_from = resume_from_checkpoint
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    def save_ema_model(self, output_dir: str) -> None:
+        """Save the model with the EMA weights swapped in (a loadable `save_pretrained` folder)."""
+        ema = self.ema_callback
+        if ema is None or ema.shadow is None:
+            raise ValueError("no EMA weights to save: train with an EMACallback (ema_decay) first")
+        with ema.swapped_in(self.model):
+            self.save_model(output_dir)
