@@ -71,31 +71,62 @@ class DSLGenerationConfig(GenerationConfig):
     General:
         strategy (`str`, "sde"): one of "sde", "mdlm", "remdm", "hybrid", "low_confidence",
             "roar", "correct".
-        steps (`int`, 64): sampling steps T (SDE: integration steps; ReMDM/MDLM: time-grid steps;
-            low_confidence: total steps over all blocks; hybrid: SDE + discrete steps; roar:
-            derives the tokens per step when `roar_tokens_per_step` is None; correct: rounds).
+        steps (`int`, 64): the step budget T (see "Step budget and NFE" below).
         gen_length (`int`, None): tokens to generate G; falls back to `max_new_tokens`, then 128.
-        block_length (`int`, None): low_confidence block size (None = one block).
-        temperature (`float`, None): None → 1.0, except low_confidence where None → 0 (LLaDA).
+        block_length (`int`, None): block size of low_confidence and of hybrid's low_confidence
+            finish (None = one block); `gen_length % block_length == 0` is checked only there.
+        temperature (`float`, None): None → 1.0, except low_confidence (and hybrid's
+            low_confidence finish) where None → 0 (LLaDA's greedy default).
         top_p (`float`, None), top_k (`int`, None): applied to p_θ before categorical draws
             (ReMDM's top-p: the token that crosses p is dropped).
         seed (`int` or list of `int`, None): row r uses `seed + r` (or `seed[r]`); None draws
             a base seed from torch's global generator.
-        stop_at_eos (`bool`, False): low_confidence stops after a block once every row has an EOS.
+        stop_at_eos (`bool`, False): end decoding early once every row has an EOS. Honoured only
+            by block decoding: "low_confidence" and "hybrid" with hybrid_finish="low_confidence"
+            (checked after each block; with one block there is nothing to skip). Every other
+            strategy ignores it (generate() logs a warning when it is passed for one).
         output_diagnostics (`bool`, False): return per-step diagnostics (with
             `return_dict_in_generate=True`).
+        pad_token_id / eos_token_id: taken from this config, else the model config. When no
+            pad id is set, padding (and the tail after the first EOS) uses `eos_token_id` if set,
+            else the mask id.
     SDE (also the first phase of hybrid):
         integrator ("euler" | "heun"), snr_schedule ("geometric" | "linear" | "sensitive"),
         snr_min (`float`, 0.01), snr_max (`float`, None → the model's `snr_max`),
-        noise_scale (`float`, 1.0 = the exact SDE), posterior_top_k (`int`, None).
+        noise_scale (`float`, 1.0 = the exact SDE), posterior_top_k (`int`, None). The grid
+        has steps + 1 points γ_0 = snr_min < … < γ_steps = snr_max and the state starts at
+        z = 0 at γ_0 (as the authors' sample_path).
     ReMDM: remdm_mode ("cap" | "rescale" | "conf" | "loop"), eta (None → η_cap(T) of the DSL
-        paper for cap/loop, 0.015 for rescale), t_on (0.55), t_off (0.05), alpha_on (0.9).
-    Hybrid: switch_snr (None → snr_max), switch_steps (None → steps // 4: SDE steps; the
-        discrete finish gets the rest), hybrid_finish ("low_confidence" | "remdm"),
-        hybrid_threshold (0.9: draft tokens at least this probable are kept).
+        paper for cap/loop, 0.015 for rescale; unused by conf), t_on (0.55), t_off (0.05),
+        alpha_on (0.9) (loop only; `t_off < t_on` is checked only when the loop is used).
+    Hybrid: switch_snr (None → snr_max), switch_steps (None → steps // 4: SDE integration
+        steps), hybrid_finish ("low_confidence" | "remdm"), hybrid_threshold (0.9: draft tokens
+        with probability strictly greater are kept, the rest masked). The ReMDM finish starts
+        each row at t_start = its masked fraction, so the schedule matches the draft.
     low_confidence: remasking ("low_confidence" | "random"), cfg_scale (0.0).
     roar: roar_tokens_per_step (None → ⌈G / steps⌉), roar_order ("random" | "left_to_right").
     correct: correct_snr (5.0: SNR of a suspect token), correct_threshold (0.0).
+
+    Step budget and NFE (denoiser evaluations, returned as `nfe`), T = steps:
+        sde: Euler T + 1, Heun 2T + 1 (T integration steps + the final decode).
+        mdlm, remdm: at most T + 1 (one per step at which a position unmasks since the last
+            evaluation, + the final greedy decode if masks remain).
+        low_confidence: T (2T with cfg_scale > 0); fewer if stop_at_eos ends early.
+        hybrid: S = switch_steps SDE steps cost c·S (c = 1 Euler, 2 Heun), + 1 draft decode,
+            and the finish gets F = T − c·S steps: low_confidence finish T + 1 exactly (its F
+            steps cost 2F with cfg_scale > 0), remdm finish at most T + 2 (its own final greedy
+            decode when masks remain).
+        roar: ⌈G / k⌉ with k = roar_tokens_per_step (default ⌈G / T⌉, so at most T).
+        correct: at most T (stops when a round changes nothing).
+
+    EOS: generated tokens after the first EOS of a row are replaced by the pad id. MDLM-style
+    models start every training row with BOS = EOS (GPT-2's 50256), so in a row without a
+    prompt an EOS at the first generated position is ignored by this rule (and by stop_at_eos
+    and streamers).
+
+    Fields a strategy does not use are ignored; when one is passed explicitly to generate()
+    with a non-default value, a warning names it (saved configs may carry fields of other
+    strategies without a warning).
     """
 
     _DIFFUSION_DEFAULTS = dict(
@@ -157,17 +188,6 @@ class DSLGenerationConfig(GenerationConfig):
         check_int("gen_length", 1, optional=True)
         check_int("max_new_tokens", 1, optional=True)
         check_int("block_length", 1, optional=True)
-        gen_length = self.gen_length if self.gen_length is not None else self.max_new_tokens
-        if gen_length is not None and self.block_length is not None:
-            if gen_length % self.block_length:
-                raise ValueError(
-                    f"block_length={self.block_length} must divide gen_length={gen_length} (gen_length % block_length != 0)"
-                )
-            if self.strategy == "low_confidence" and self.steps % (gen_length // self.block_length):
-                raise ValueError(
-                    f"steps={self.steps} must be a multiple of the number of blocks "
-                    f"gen_length // block_length = {gen_length // self.block_length}"
-                )
         check_num("temperature", 0.0, optional=True)
         if self.temperature == 0 and self.strategy in ("mdlm", "remdm", "roar"):
             raise ValueError(f"temperature must be > 0 for strategy={self.strategy!r}, got 0")
@@ -193,18 +213,34 @@ class DSLGenerationConfig(GenerationConfig):
         check_num("eta", 0.0, 1.0, optional=True)
         check_num("t_on", 0.0, 1.0)
         check_num("t_off", 0.0, 1.0)
-        if self.t_off >= self.t_on:
+        if self.remdm_mode == "loop" and "remdm" in self.discrete_samplers() and self.t_off >= self.t_on:
             bad("t_off", f"smaller than t_on={self.t_on}")
         check_num("alpha_on", 0.0, 1.0, low_open=True, high_open=True)
         check_num("switch_snr", 0.0, low_open=True, optional=True)
         check_int("switch_steps", 1, optional=True)
-        if self.strategy == "hybrid":
-            sde_steps = self.switch_steps if self.switch_steps is not None else max(1, self.steps // 4)
-            if self.steps - sde_steps < 1:
-                raise ValueError(
-                    f"switch_steps={sde_steps} leaves no discrete steps: need switch_steps < steps={self.steps}"
-                )
         check_choice("hybrid_finish", HYBRID_FINISHES)
+        block_steps = self.steps
+        if self.strategy == "hybrid":
+            sde_steps, block_steps = self.hybrid_step_split()
+            if block_steps < 1:
+                cost = "" if self.integrator == "euler" else " (Heun: 2 evaluations per SDE step)"
+                raise ValueError(
+                    f"switch_steps={sde_steps} leaves no discrete steps{cost}: the SDE phase costs "
+                    f"{self.steps - block_steps} of steps={self.steps}"
+                )
+        gen_length = self.gen_length if self.gen_length is not None else self.max_new_tokens
+        if "low_confidence" in self.discrete_samplers() and gen_length is not None and self.block_length is not None:
+            if gen_length % self.block_length:
+                raise ValueError(
+                    f"block_length={self.block_length} must divide gen_length={gen_length} (gen_length % block_length != 0)"
+                )
+            blocks = gen_length // self.block_length
+            if block_steps % blocks:
+                what = "steps" if self.strategy == "low_confidence" else "the finish's steps (steps - SDE cost)"
+                raise ValueError(
+                    f"steps: {what} = {block_steps} must be a multiple of the number of blocks "
+                    f"gen_length // block_length = {blocks}"
+                )
         check_num("hybrid_threshold", 0.0, 1.0)
         check_choice("remasking", REMASKINGS)
         check_num("cfg_scale", 0.0)
@@ -212,6 +248,52 @@ class DSLGenerationConfig(GenerationConfig):
         check_choice("roar_order", ROAR_ORDERS)
         check_num("correct_snr", 0.0, low_open=True)
         check_num("correct_threshold", 0.0, 1.0)
+
+    def discrete_samplers(self):
+        """The discrete samplers `strategy` runs: hybrid runs its finish."""
+        if self.strategy == "hybrid":
+            return (self.hybrid_finish,)
+        return (self.strategy,)
+
+    def hybrid_step_split(self):
+        """(SDE integration steps S, finish steps F) of hybrid: S = switch_steps (None →
+        max(1, steps // 4)), F = steps − c·S with c = 1 (Euler) or 2 (Heun), so that the total
+        NFE is steps + 1 (the + 1 being the draft decode)."""
+        sde_steps = self.switch_steps if self.switch_steps is not None else max(1, self.steps // 4)
+        cost = 2 if self.integrator == "heun" else 1
+        return sde_steps, self.steps - cost * sde_steps
+
+    def used_fields(self):
+        """The tunable fields `strategy` reads (see the class docstring)."""
+        draw = {"temperature", "top_p", "top_k"}
+        sde_fields = {"integrator", "snr_schedule", "snr_min", "snr_max", "noise_scale", "posterior_top_k"}
+        remdm_fields = draw | {"remdm_mode"}
+        if self.remdm_mode != "conf":
+            remdm_fields.add("eta")
+        if self.remdm_mode == "loop":
+            remdm_fields |= {"t_on", "t_off", "alpha_on"}
+        lc_fields = draw | {"block_length", "remasking", "cfg_scale", "stop_at_eos"}
+        general = {"gen_length", "max_new_tokens"}
+        by_strategy = {
+            "sde": general | sde_fields,
+            "mdlm": general | draw,
+            "remdm": general | remdm_fields,
+            "low_confidence": general | lc_fields,
+            "roar": general | draw | {"roar_tokens_per_step", "roar_order"},
+            "correct": {"correct_snr", "correct_threshold"},
+        }
+        if self.strategy == "hybrid":
+            finish = lc_fields if self.hybrid_finish == "low_confidence" else remdm_fields
+            return general | sde_fields | finish | {"switch_snr", "switch_steps", "hybrid_finish", "hybrid_threshold"}
+        return by_strategy.get(self.strategy, set())
+
+    @classmethod
+    def tunable_defaults(cls):
+        """Default of every field that only some strategies use."""
+        defaults = {k: v for k, v in cls._DIFFUSION_DEFAULTS.items()
+                    if k not in ("strategy", "steps", "seed", "output_diagnostics")}
+        defaults.update(temperature=None, top_p=None, top_k=None, max_new_tokens=None)
+        return defaults
 
     @classmethod
     def from_model_config(cls, *args, **kwargs):
@@ -277,13 +359,16 @@ class DSLGenerationMixin:
             kwargs: overrides of any generation-config field (e.g. `strategy="remdm", steps=256`).
         Returns:
             sequences (B, P_max + G): left-padded prompt then G generated tokens; tokens after the
-            first EOS of each row are replaced by the pad id. Row r of a batch equals generating
+            first EOS of each row are replaced by the pad id (pad_token_id, else eos_token_id,
+            else the mask id); in a row without a prompt an EOS at the first generated position
+            (BOS = EOS of MDLM-style models) does not count as the first EOS. Row r of a batch equals generating
             row r alone with seed `seed + r` (batch-composition invariant).
         """
         config, leftovers = self._prepare_generation_config(generation_config, **kwargs)
         if leftovers:
             raise ValueError(f"unknown generate() arguments: {sorted(leftovers)}")
         config.validate()
+        self._warn_unused_arguments(config, kwargs)
         model_config = self.config
         device = next(self.parameters()).device
         mask_id = model_config.mask_token_id
@@ -319,6 +404,18 @@ class DSLGenerationMixin:
         return output.sequences
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _warn_unused_arguments(config, kwargs):
+        """Warn about generate() keyword arguments the chosen strategy ignores (non-default only)."""
+        used = config.used_fields()
+        for name, default in config.tunable_defaults().items():
+            if name in kwargs and name not in used and kwargs[name] != default:
+                hint = ""
+                if name == "stop_at_eos":
+                    hint = " (only low_confidence and hybrid with hybrid_finish='low_confidence' honour it)"
+                logger.warning("generate(): %s=%r is ignored by strategy=%r%s", name, kwargs[name],
+                               config.strategy, hint)
+
     def _split_prompts(self, input_ids, attention_mask, config, device) -> List[torch.Tensor]:
         repeats = config.num_return_sequences or 1
         if not isinstance(repeats, int) or repeats < 1:
@@ -390,14 +487,17 @@ class DSLGenerationMixin:
         attn = None if bool(attended.all()) else attended.long()
         denoiser = Denoiser.from_model(self, attn)
         callback = self._streamer_callback(streamer, prompts, lengths, gen_len, eos_list) if streamer is not None else None
+        # MDLM-style rows start with BOS = EOS: without a prompt, an EOS at the first generated
+        # position is not an end of text.
+        skip_first = torch.tensor([n == 0 for n in lengths], dtype=torch.bool, device=device)
         result = self._run_sampler(denoiser, tokens, generate_mask, config, generators, gen_len, callback,
-                                   progress_bar, eos_list)
+                                   progress_bar, eos_list, skip_first)
 
         # Re-layout: left-pad prompts to `longest`, then the G generated tokens.
         sequences = torch.full((batch, total), pad_id, dtype=torch.long, device=device)
         out_mask = torch.zeros(batch, total, dtype=torch.long, device=device)
         generated = torch.stack([result.tokens[r, lengths[r] : lengths[r] + gen_len] for r in range(batch)])
-        generated = self._cut_after_eos(generated, eos_list, pad_id)
+        generated = self._cut_after_eos(generated, eos_list, pad_id, skip_first)
         for r in range(batch):
             sequences[r, longest - lengths[r] : longest] = prompts[r]
             out_mask[r, longest - lengths[r] :] = 1
@@ -416,7 +516,7 @@ class DSLGenerationMixin:
                                  nfe=result.nfe)
 
     def _run_sampler(self, denoiser, tokens, generate_mask, config, generators, gen_len, callback, progress,
-                     eos_list):
+                     eos_list, skip_first=None):
         strategy = config.strategy
         common = dict(generator=generators, diagnostics=config.output_diagnostics, callback=callback,
                       progress=progress)
@@ -442,23 +542,26 @@ class DSLGenerationMixin:
                                   block_length=config.block_length, temperature=lc_temperature,
                                   remasking=config.remasking, cfg_scale=config.cfg_scale, top_p=config.top_p,
                                   top_k=config.top_k, eos_token_id=eos_list or None,
-                                  stop_at_eos=config.stop_at_eos, **common)
+                                  stop_at_eos=config.stop_at_eos, skip_leading_eos=skip_first, **common)
         if strategy == "roar":
             per_step = config.roar_tokens_per_step or max(1, math.ceil(gen_len / config.steps))
             return roar(denoiser, tokens, generate_mask, tokens_per_step=per_step, order=config.roar_order,
                         temperature=temperature, top_p=config.top_p, top_k=config.top_k, **common)
         if strategy == "hybrid":
-            sde_steps = config.switch_steps if config.switch_steps is not None else max(1, config.steps // 4)
+            sde_steps, finish_steps = config.hybrid_step_split()
             switch = config.switch_snr if config.switch_snr is not None else snr_max
             if switch <= config.snr_min:
                 raise ValueError(f"switch_snr={switch} must be greater than snr_min={config.snr_min}")
             if config.hybrid_finish == "low_confidence":
                 finish_kwargs = dict(temperature=0.0 if config.temperature is None else config.temperature,
-                                     remasking=config.remasking, top_p=config.top_p, top_k=config.top_k)
+                                     remasking=config.remasking, top_p=config.top_p, top_k=config.top_k,
+                                     cfg_scale=config.cfg_scale, block_length=config.block_length,
+                                     eos_token_id=eos_list or None, stop_at_eos=config.stop_at_eos,
+                                     skip_leading_eos=skip_first)
             else:
                 finish_kwargs = remdm_kwargs
             return hybrid(denoiser, tokens, generate_mask, sde_steps=sde_steps,
-                          finish_steps=config.steps - sde_steps, switch_snr=switch,
+                          finish_steps=finish_steps, switch_snr=switch,
                           snr_min=config.snr_min, schedule=config.snr_schedule,
                           integrator=config.integrator, noise_scale=config.noise_scale,
                           posterior_top_k=config.posterior_top_k, threshold=config.hybrid_threshold,
@@ -495,11 +598,14 @@ class DSLGenerationMixin:
                                  nfe=result.nfe)
 
     @staticmethod
-    def _cut_after_eos(generated: torch.Tensor, eos_list, pad_id) -> torch.Tensor:
-        """Replace every token after the first EOS of each row by `pad_id` (the EOS is kept)."""
+    def _cut_after_eos(generated: torch.Tensor, eos_list, pad_id, skip_first=None) -> torch.Tensor:
+        """Replace every token after the first EOS of each row by `pad_id` (the EOS is kept).
+        In rows flagged by `skip_first` (B,) bool, an EOS at position 0 (BOS = EOS) does not count."""
         if not eos_list:
             return generated
         is_eos = torch.isin(generated, torch.as_tensor(eos_list, device=generated.device))
+        if skip_first is not None and generated.shape[1]:
+            is_eos[:, 0] &= ~skip_first.to(is_eos.device)
         after = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
         return generated.masked_fill(after, pad_id)
 
@@ -517,7 +623,10 @@ class DSLGenerationMixin:
             if state["done"] or tokens.numel() == 0:
                 return
             if eos_list:
-                hits = torch.isin(tokens, torch.as_tensor(eos_list, device=tokens.device)).nonzero()
+                is_eos = torch.isin(tokens, torch.as_tensor(eos_list, device=tokens.device))
+                if start == 0 and state["sent"] == 0:
+                    is_eos[0] = False  # unprompted: the first token may be BOS = EOS
+                hits = is_eos.nonzero()
                 if hits.numel():
                     tokens = tokens[: int(hits[0, 0]) + 1]
                     state["done"] = True

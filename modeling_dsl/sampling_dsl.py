@@ -14,6 +14,12 @@ the model (`Denoiser.from_model`) and on an exact Bayes oracle ([`ExactSequenceD
 Discrete state convention (DESIGN.md): a masked position is z = 0; a visible token t is
 z = visible_snr · E[t] (noiseless).
 
+Every categorical draw (inverse CDF or Gumbel-max) uses float64 uniforms; Gaussian SDE noise is
+float32.
+
+When the mask id is a real vocabulary id (LLaDA-style, `mask_token_id < V`), [`Denoiser.logits`]
+sets its column to −inf, so no sampler can draw it and the SDE's x̂ gives E[mask] no weight.
+
 Randomness comes only from `generator`: `None` (torch's global stream), one `torch.Generator`
 for the whole batch, or a list of per-row generators. With per-row generators every row draws a
 fixed number of values per step that depends only on its own number of generated positions, so
@@ -116,8 +122,15 @@ class Denoiser:
         return self.features_fn(z)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """fp32 logits over the V ids; the mask id's column is −inf when it is one of them."""
         out = features if self.head_fn is None else self.head_fn(features)
-        return out.float()
+        return self.suppress_mask(out.float())
+
+    def suppress_mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """Set the mask id's column to −inf when the mask id is a real id (mask_token_id < V)."""
+        if 0 <= self.mask_token_id < logits.shape[-1]:
+            logits = logits.index_fill(-1, torch.tensor([self.mask_token_id], device=logits.device), -math.inf)
+        return logits
 
     def draft_embeds(self, tokens: torch.Tensor, visible: torch.Tensor, snr: Optional[float] = None) -> torch.Tensor:
         """z of a discrete draft: snr·E[token] where `visible`, 0 elsewhere. (B, L) → (B, L, d)."""
@@ -166,7 +179,7 @@ class ExactSequenceDenoiser(Denoiser):
         return marginals.clamp_min(1e-300).log()
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return features  # float64 log-marginals; samplers cast as they need
+        return self.suppress_mask(features)  # float64 log-marginals; samplers cast as they need
 
 
 def cyclic_support(num_tokens: int) -> torch.Tensor:
@@ -195,23 +208,34 @@ class RowRNG:
         else:
             self.per_row, self.single = None, generator
 
+    @staticmethod
+    def _dtype(kind: str, dtype):
+        """Default dtype: float64 for uniforms (every categorical draw), float32 for normals."""
+        if dtype is not None:
+            return dtype
+        return torch.float64 if kind == "uniform" else torch.float32
+
     def _draw(self, kind: str, shape, gen, dtype):
+        dtype = self._dtype(kind, dtype)
         device = gen.device if gen is not None else self.device
         fn = torch.rand if kind == "uniform" else torch.randn
         return fn(tuple(shape), generator=gen, device=device, dtype=dtype).to(self.device)
 
-    def rows(self, kind: str, per_row_shape, dtype=torch.float32) -> torch.Tensor:
-        """(B, *per_row_shape) draws; kind 'uniform' or 'normal'."""
+    def rows(self, kind: str, per_row_shape, dtype=None) -> torch.Tensor:
+        """(B, *per_row_shape) draws; kind 'uniform' (default float64) or 'normal' (float32)."""
         if self.per_row is None:
             return self._draw(kind, (self.batch_size, *per_row_shape), self.single, dtype)
         return torch.stack([self._draw(kind, per_row_shape, g, dtype) for g in self.per_row])
 
-    def ragged(self, kind: str, counts: Sequence[int], trailing=(), dtype=torch.float32) -> torch.Tensor:
-        """(Σ counts, *trailing) draws, row-major: row r contributes counts[r] leading entries."""
+    def ragged(self, kind: str, counts: Sequence[int], trailing=(), dtype=None) -> torch.Tensor:
+        """(Σ counts, *trailing) draws, row-major: row r contributes counts[r] leading entries
+        (dtype as in [`rows`])."""
         if self.per_row is None:
             return self._draw(kind, (sum(counts), *trailing), self.single, dtype)
         parts = [self._draw(kind, (n, *trailing), g, dtype) for n, g in zip(counts, self.per_row)]
-        return torch.cat(parts) if parts else torch.empty((0, *trailing), device=self.device, dtype=dtype)
+        if parts:
+            return torch.cat(parts)
+        return torch.empty((0, *trailing), device=self.device, dtype=self._dtype(kind, dtype))
 
 
 # ============================================================================ shared helpers
@@ -386,9 +410,49 @@ def _check_inputs(tokens: torch.Tensor, generate_mask: torch.Tensor):
         raise ValueError(f"generate_mask must have shape {tuple(tokens.shape)}, got {tuple(generate_mask.shape)}")
 
 
-def _check_steps(steps):
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+def _check_int(name: str, value, low: int = 1, optional: bool = False):
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}{' or None' if optional else ''}, got {value!r}")
+
+
+def _check_num(name: str, value, low: float = -math.inf, high: float = math.inf, low_open: bool = False,
+               high_open: bool = False, optional: bool = False):
+    if optional and value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}{' or None' if optional else ''}, got {value!r}")
+
+
+def _check_steps(steps, name: str = "steps"):
+    _check_int(name, steps, 1)
+
+
+def _check_draw_args(temperature, top_p, top_k, diagnostics_p, positive_temperature: bool):
+    """The arguments of categorical draws, as `DSLGenerationConfig.validate` checks them."""
+    if positive_temperature:
+        _check_num("temperature", temperature, 0.0, low_open=True)
+    else:
+        _check_num("temperature", temperature, 0.0)
+    _check_num("top_p", top_p, 0.0, 1.0, low_open=True, optional=True)
+    _check_int("top_k", top_k, 1, optional=True)
+    _check_num("diagnostics_p", diagnostics_p, 0.0, 1.0, low_open=True)
+
+
+def posterior_mean(logits: torch.Tensor, embeddings: torch.Tensor, top_k: Optional[int] = None) -> torch.Tensor:
+    """x̂ = Σ_v softmax(logits)_v E[v] in fp32; with `top_k`, softmax(top-k values) @ E[top-k]
+    (renormalised over the kept tokens; no (N, V) scatter). (N, V) → (N, d)."""
+    logits = logits.float()
+    embeddings = embeddings.float()
+    if top_k is None or top_k >= logits.shape[-1]:
+        return torch.softmax(logits, dim=-1) @ embeddings
+    values, top = logits.topk(top_k, dim=-1)
+    weights = torch.softmax(values, dim=-1)  # (N, k)
+    return torch.einsum("nk,nkd->nd", weights, embeddings[top])
 
 
 # ============================================================================ SDE
@@ -418,12 +482,15 @@ def sde(
             (z = visible_snr · E[t]) throughout.
         generate_mask: (B, L) bool, the positions to generate.
         snr_path: increasing SNR grid γ_0 < … < γ_S: shape (S+1,) shared, (L, S+1) per position
-            or (B, L, S+1) per token. Without `z_init` the state starts at z = 0 (γ = 0); a 0 is
-            prepended to the path when it starts above 0 (one extra Euler step from the prior mean).
+            or (B, L, S+1) per token. Without `z_init` the state starts at z = 0, taken as the
+            state at γ_0 of the grid (as the authors' `sample_path`, whose γ_0 enters only
+            through differences): S points after γ_0 give S integration steps.
         integrator: "euler" (Euler–Maruyama, 1 NFE per step) or "heun" (predictor–corrector
-            reusing the same Brownian increment, 2 NFE per step).
+            reusing the same Brownian increment, 2 NFE per step). NFE = S + 1 (Euler) or
+            2S + 1 (Heun), the + 1 being the final decode.
         noise_scale: multiplies the Brownian increment; 1.0 is the exact SDE.
-        posterior_top_k: x̂ from the k most likely tokens only (renormalised).
+        posterior_top_k: x̂ = softmax(top-k logits) @ E[top-k] (renormalised over the k most
+            likely tokens). Diagnostics still describe the full p_θ.
         z_init: (B, L, d) start state at γ_0 (e.g. to continue a path).
     Returns:
         [`SamplerOutput`]: tokens = argmax of the final denoiser logits at generated positions;
@@ -434,8 +501,9 @@ def sde(
     _check_inputs(tokens, generate_mask)
     if integrator not in ("euler", "heun"):
         raise ValueError(f"integrator must be 'euler' or 'heun', got {integrator!r}")
-    if noise_scale < 0:
-        raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+    _check_num("noise_scale", noise_scale, 0.0)
+    _check_int("posterior_top_k", posterior_top_k, 1, optional=True)
+    _check_num("diagnostics_p", diagnostics_p, 0.0, 1.0, low_open=True)
     index = _GenIndex(generate_mask)
     device = tokens.device
     batch, length = tokens.shape
@@ -456,8 +524,6 @@ def sde(
     z = den.draft_embeds(tokens, fixed)  # prompt at its clean embedding, generated positions 0
     if z_init is not None:
         z[index.rows, index.cols] = z_init[index.rows, index.cols].float()
-    elif index.n and bool((path[:, 0] > 0).any()):
-        path = torch.cat([torch.zeros_like(path[:, :1]), path], dim=1)
     steps = path.shape[1] - 1
     rng = RowRNG(generator, batch, device)
     trace = _Trace(diagnostics, index, diagnostics_p)
@@ -468,18 +534,13 @@ def sde(
     def evaluate(state):
         feats = den.features(state)
         logits = den.logits(feats[index.rows, index.cols]).float()
-        if posterior_top_k is not None and posterior_top_k < logits.shape[-1]:
-            values, top = logits.topk(posterior_top_k, dim=-1)
-            probs = torch.zeros_like(logits).scatter_(-1, top, torch.softmax(values, dim=-1))
-        else:
-            probs = torch.softmax(logits, dim=-1)
-        return probs, probs @ emb
+        return logits, posterior_mean(logits, emb, posterior_top_k)
 
     z_gen = z[index.rows, index.cols]
     for k in _progress(range(steps), progress, "sde"):
         delta = (path[:, k + 1] - path[:, k]).clamp_min(0).float().unsqueeze(-1)  # (N, 1)
         noise = rng.ragged("normal", index.counts, (emb.shape[1],)) * (noise_scale * delta.sqrt())
-        probs, x_hat = evaluate(z)
+        logits, x_hat = evaluate(z)
         nfe += 1
         if integrator == "heun":
             z_pred = z.clone()
@@ -492,11 +553,11 @@ def sde(
         z = z.clone()
         z[index.rows, index.cols] = z_gen
         if diagnostics or callback is not None:
-            current = probs.argmax(dim=-1)
+            current = logits.argmax(dim=-1)
             if diagnostics:
                 changed = torch.ones_like(current, dtype=torch.bool) if last_argmax is None else current != last_argmax
                 rewritten = None if last_argmax is None else changed
-                trace.record(probs, index.rows, changed=changed, rewritten=rewritten)
+                trace.record(torch.softmax(logits, dim=-1), index.rows, changed=changed, rewritten=rewritten)
             last_argmax = current
             if callback is not None:
                 draft = tokens.clone()
@@ -567,6 +628,34 @@ def conf_weights(conf: torch.Tensor, index: _GenIndex) -> torch.Tensor:
     return expo / total[index.rows].clamp_min(1e-30)
 
 
+def _remdm_row_rates(mode: str, t: torch.Tensor, dt: torch.Tensor, eta: float, t_on: float, t_off: float,
+                     alpha_on: float):
+    """Per-row (σ, unmask probability) at grid times t (B,) float64: the tensor form of
+    [`remdm_loop_schedule`], [`remdm_sigma`] and [`remdm_unmask_prob`] (for "conf", σ is σ_max,
+    which the per-token weights multiply, and the unmask probability is MDLM's)."""
+    if mode == "loop":
+        s = t - dt
+        p1, p3 = t > t_on, t <= t_off
+        a_t = torch.where(p1, (1 - t) * alpha_on / max(1 - t_on, 1e-300),
+                          torch.where(p3, 1 - t * (1 - alpha_on) / max(t_off, 1e-300), torch.full_like(t, alpha_on)))
+        a_s = torch.where(p1, (1 - s) * alpha_on / max(1 - t_on, 1e-300),
+                          torch.where(p3, 1 - s * (1 - alpha_on) / max(t_off, 1e-300), torch.full_like(t, alpha_on)))
+        sigma = torch.where(~p1 & ~p3, torch.full_like(t, eta), torch.zeros_like(t))
+        return sigma, (a_s - (1 - sigma) * a_t) / (1 - a_t)
+    a_t, a_s = 1.0 - t, 1.0 - (t - dt)
+    ratio = (1 - a_s) / a_t.clamp_min(1e-300)
+    positive = a_t > 0
+    if mode == "mdlm":
+        sigma = torch.zeros_like(t)
+    elif mode == "cap":
+        sigma = torch.where(positive, ratio.clamp_max(eta), torch.full_like(t, eta))
+    else:
+        sigma_max = torch.where(positive, ratio.clamp_max(1.0), torch.ones_like(t))
+        sigma = eta * sigma_max if mode == "rescale" else sigma_max
+    unmask_sigma = torch.zeros_like(t) if mode == "conf" else sigma
+    return sigma, (a_s - (1 - unmask_sigma) * a_t) / (1 - a_t)
+
+
 def remdm(
     denoiser,
     tokens: torch.Tensor,
@@ -582,7 +671,7 @@ def remdm(
     top_p: Optional[float] = None,
     top_k: Optional[int] = None,
     eps: float = 1e-5,
-    t_start: float = 1.0,
+    t_start: Union[float, torch.Tensor] = 1.0,
     masked: Optional[torch.Tensor] = None,
     conf_init: Optional[torch.Tensor] = None,
     final_greedy: bool = True,
@@ -594,18 +683,23 @@ def remdm(
 ) -> SamplerOutput:
     """Masked diffusion with ReMDM remasking (mode "mdlm" = plain ancestral MDLM, σ = 0).
 
-    Time grid t_i = linspace(t_start, eps, steps + 1), s = t − dt, α_t = 1 − t (loop: see
-    [`remdm_loop_schedule`]). Per step and generated position: a visible token is remasked with
-    probability σ (per token for "conf"); a masked one is unmasked with probability
-    [`remdm_unmask_prob`] and drawn from p_θ(· | z) (temperature, top-k, then ReMDM top-p). The
-    network runs only when some position unmasks, and the LM head only on those positions.
-    After the grid, positions still masked take the argmax (no top-p) when `final_greedy`.
+    Time grid t_i = t_start − i·dt, dt = (t_start − eps)/steps (i = 0…steps), s = t − dt,
+    α_t = 1 − t (loop: see [`remdm_loop_schedule`]); `t_start` may differ per row. Per step
+    and generated position: a visible token is remasked with probability σ (per token for
+    "conf"); a masked one is unmasked with probability [`remdm_unmask_prob`] and drawn from
+    p_θ(· | z) (temperature, top-k, then ReMDM top-p; one float64 uniform per position for the
+    Bernoulli and one for the draw). The network runs only when some position unmasks, and the
+    LM head only on those positions. After the grid, positions still masked take the argmax
+    (no top-p) when `final_greedy`. NFE ≤ steps + 1.
 
     Args:
         steps: T.
         mode: "mdlm", "cap", "rescale", "conf" or "loop".
         eta: η; None → η_cap(T) (paper) for cap and loop, 0.015 for rescale; unused by conf.
         t_on, t_off, alpha_on: loop phases (official: 0.55, 0.05, 0.9).
+        t_start: start time, a float or a (B,) tensor of per-row start times in (eps, 1]; a
+            partly masked draft with masked fraction m matches t_start = m (α_t = 1 − t is the
+            expected visible fraction), as the hybrid sampler uses it.
         masked: (B, L) bool initial mask state of generated positions (default: all masked);
             unmasked generated positions start as visible draft tokens.
         conf_init: (B, L) conf (= −probability) of initially visible draft tokens for mode "conf"
@@ -620,8 +714,7 @@ def remdm(
         raise ValueError(f"remdm_mode must be one of {REMDM_MODES} (or 'mdlm'), got {mode!r}")
     if eta is None:
         eta = {"cap": eta_cap_default(steps), "loop": eta_cap_default(steps), "rescale": ETA_RESCALE_DEFAULT}.get(mode, 0.0)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    _check_num("eta", eta, 0.0, 1.0)
     if mode == "loop":
         if not 0.0 <= t_off < t_on <= 1.0:
             raise ValueError(f"need 0 <= t_off < t_on <= 1, got t_off={t_off}, t_on={t_on}")
@@ -629,13 +722,22 @@ def remdm(
             raise ValueError(f"alpha_on must be in (0, 1), got {alpha_on}")
         if eta * alpha_on / (1 - alpha_on) > 1.0:
             raise ValueError(f"eta={eta} too large for alpha_on={alpha_on}: need eta <= (1 - alpha_on)/alpha_on")
-    if not 0.0 < eps < t_start <= 1.0:
-        raise ValueError(f"need 0 < eps < t_start <= 1, got eps={eps}, t_start={t_start}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for masked diffusion, got {temperature}")
+    _check_num("eps", eps, 0.0, 1.0, low_open=True, high_open=True)
+    _check_draw_args(temperature, top_p, top_k, diagnostics_p, positive_temperature=True)
     index = _GenIndex(generate_mask)
     device = tokens.device
     batch = tokens.shape[0]
+    if isinstance(t_start, torch.Tensor):
+        t_start_rows = t_start.to(device=device, dtype=torch.float64).reshape(-1)
+        if t_start_rows.numel() == 1:
+            t_start_rows = t_start_rows.expand(batch)
+        if t_start_rows.numel() != batch:
+            raise ValueError(f"t_start: got {t_start_rows.numel()} start times for a batch of {batch}")
+    else:
+        _check_num("t_start", t_start, 0.0, 1.0)
+        t_start_rows = torch.full((batch,), float(t_start), dtype=torch.float64, device=device)
+    if batch and not bool(((t_start_rows > eps) & (t_start_rows <= 1.0)).all()):
+        raise ValueError(f"t_start must be in (eps={eps}, 1], got {t_start_rows.tolist()}")
     rng = RowRNG(generator, batch, device)
     trace = _Trace(diagnostics, index, diagnostics_p)
     fixed = ~index.mask
@@ -652,8 +754,13 @@ def remdm(
             conf = torch.where(is_masked, conf, conf_init[index.rows, index.cols].float())
         else:
             conf = torch.where(is_masked, conf, torch.full_like(conf, -1.0))
-    times = torch.linspace(t_start, eps, steps + 1, dtype=torch.float64).tolist()
-    dt = (t_start - eps) / steps
+    dt_rows = (t_start_rows - eps) / steps
+    # Rates of every step and row at once, (steps, B) float64.
+    grid = t_start_rows.unsqueeze(0) - torch.arange(steps, dtype=torch.float64, device=device).unsqueeze(1) * dt_rows
+    sigma_steps, unmask_steps = _remdm_row_rates(mode, grid, dt_rows.unsqueeze(0), eta, t_on, t_off, alpha_on)
+    uniform_start = batch > 0 and bool((t_start_rows == t_start_rows[0]).all())
+    if uniform_start:
+        sigma_steps, unmask_steps = sigma_steps[:, 0].tolist(), unmask_steps[:, 0].tolist()
     features, nfe = None, 0
 
     def state_z():
@@ -663,21 +770,14 @@ def remdm(
         return den.draft_embeds(draft, visible)
 
     for i in _progress(range(steps), progress, f"remdm-{mode}"):
-        t = times[i]
-        if mode == "loop":
-            phase, a_t, a_s = remdm_loop_schedule(t, dt, t_on, t_off, alpha_on)
-            sigma = eta if phase == 2 else 0.0
+        if uniform_start:  # every row on the same grid: scalar rates
+            sigma, p_unmask = sigma_steps[i], unmask_steps[i]
         else:
-            a_t, a_s = 1.0 - t, 1.0 - (t - dt)
-            sigma = remdm_sigma(mode, a_s, a_t, eta)
-        u = rng.ragged("uniform", index.counts, (2,))
+            sigma, p_unmask = sigma_steps[i][index.rows], unmask_steps[i][index.rows]
+        u = rng.ragged("uniform", index.counts, (2,))  # float64: [Bernoulli, categorical]
         if mode == "conf":
-            sigma_tok = conf_weights(conf, index) * sigma  # 0 at masked positions
-            remask = ~is_masked & (u[:, 0] < sigma_tok)
-            p_unmask = remdm_unmask_prob(a_s, a_t, 0.0)
-        else:
-            remask = ~is_masked & (u[:, 0] < sigma)
-            p_unmask = remdm_unmask_prob(a_s, a_t, sigma)
+            sigma = conf_weights(conf, index).double() * sigma  # 0 at masked positions
+        remask = ~is_masked & (u[:, 0] < sigma)
         unmask = is_masked & (u[:, 0] < p_unmask)
         n_unmask, n_remask = torch.stack([unmask.sum(), remask.sum()]).tolist()
         probs_sel, sel, rewritten = None, None, None
@@ -767,6 +867,7 @@ def low_confidence(
     masked: Optional[torch.Tensor] = None,
     eos_token_id: Optional[Union[int, Sequence[int]]] = None,
     stop_at_eos: bool = False,
+    skip_leading_eos: Optional[torch.Tensor] = None,
     generator: GeneratorArg = None,
     diagnostics: bool = False,
     diagnostics_p: float = 0.9,
@@ -782,17 +883,24 @@ def low_confidence(
     `remasking="random"`); the k_i most confident are committed, k_i = m // s + [i < m mod s]
     with m the block's masked count. Committed tokens are never revised. With `cfg_scale` w > 0
     an unconditional pass (fixed positions masked) gives logits u + (w + 1)(c − u).
-    With `stop_at_eos`, decoding stops after a block once every row has an EOS in its decoded part.
+    NFE = steps (2·steps with CFG), fewer when `stop_at_eos` ends early.
+
+    Randomness: per step, each row draws float64 uniforms only for its still-masked positions
+    of the current block (V Gumbel uniforms each when T > 0, one confidence each for
+    `remasking="random"`), so a row's draws do not depend on the other rows.
+
+    With `stop_at_eos`, decoding stops after a block once every row has an EOS in its decoded
+    part; `skip_leading_eos` (B,) bool marks rows (unprompted MDLM-style rows, whose first token
+    is BOS = EOS) where an EOS at the first generated position does not count.
     """
     den = as_denoiser(denoiser)
     _check_inputs(tokens, generate_mask)
     _check_steps(steps)
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking must be 'low_confidence' or 'random', got {remasking!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    _check_draw_args(temperature, top_p, top_k, diagnostics_p, positive_temperature=False)
+    _check_num("cfg_scale", cfg_scale, 0.0)
+    _check_int("block_length", block_length, 1, optional=True)
     index = _GenIndex(generate_mask)
     batch = tokens.shape[0]
     device = tokens.device
@@ -846,8 +954,9 @@ def low_confidence(
             if top_k is not None or (top_p is not None and top_p < 1.0):
                 keep = token_probs(logits, 1.0, top_k, top_p) > 0
                 logits = logits.masked_fill(~keep, -math.inf)
-            if temperature > 0:
-                uniform = rng.rows("uniform", (block_length, logits.shape[-1]), torch.float64)[sel_b, sel_j]
+            counts = block_masked.sum(dim=1).tolist() if (temperature > 0 or remasking == "random") else None
+            if temperature > 0:  # rows of `uniform` follow (sel_b, sel_j): row-major, like `counts`
+                uniform = rng.ragged("uniform", counts, (logits.shape[-1],), torch.float64)
                 gumbel = -torch.log(-torch.log(uniform))
                 x0 = (logits / temperature + gumbel).argmax(dim=-1)
             else:
@@ -856,7 +965,7 @@ def low_confidence(
             if remasking == "low_confidence":
                 conf_sel = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
             else:
-                conf_sel = rng.rows("uniform", (block_length,), torch.float64)[sel_b, sel_j]
+                conf_sel = rng.ragged("uniform", counts, (), torch.float64)
             conf = torch.full((batch, block_length), -math.inf, dtype=torch.float64, device=device)
             conf[sel_b, sel_j] = conf_sel
             rank = conf.argsort(dim=1, descending=True).argsort(dim=1)
@@ -879,8 +988,10 @@ def low_confidence(
                 callback(step_no, draft.clone(), mask_full, True)
             step_no += 1
         if stop_at_eos and eos_ids is not None and block < num_blocks - 1:
-            decoded = gen_tokens[:, :hi]
-            if bool(torch.isin(decoded, eos_ids).any(dim=1).all()):
+            hit = torch.isin(gen_tokens[:, :hi], eos_ids) & ~is_masked[:, :hi]
+            if skip_leading_eos is not None:
+                hit[:, 0] &= ~skip_leading_eos.to(device=device, dtype=torch.bool)
+            if bool(hit.any(dim=1).all()):
                 break
     out = tokens.clone()
     out[rows2d, cols2d] = gen_tokens
@@ -914,12 +1025,10 @@ def roar(
     visited positions from p_θ (float64 inverse CDF) and commits them. NFE = ⌈G / k⌉."""
     den = as_denoiser(denoiser)
     _check_inputs(tokens, generate_mask)
-    if isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step < 1:
-        raise ValueError(f"tokens_per_step must be an integer >= 1, got {tokens_per_step!r}")
+    _check_int("tokens_per_step", tokens_per_step, 1)
     if order not in ("random", "left_to_right"):
         raise ValueError(f"order must be 'random' or 'left_to_right', got {order!r}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_draw_args(temperature, top_p, top_k, diagnostics_p, positive_temperature=True)
     index = _GenIndex(generate_mask)
     batch, device = tokens.shape[0], tokens.device
     rng = RowRNG(generator, batch, device)
@@ -934,7 +1043,7 @@ def roar(
         rank[sorted_flat] = torch.arange(index.n, device=device) - starts[index.rows[sorted_flat]]
     else:
         rank = position_in_row
-    uniforms = rng.ragged("uniform", index.counts)
+    uniforms = rng.ragged("uniform", index.counts, (), torch.float64)
     flat_tokens = torch.full((index.n,), den.mask_token_id, dtype=torch.long, device=device)
     is_masked = torch.ones(index.n, dtype=torch.bool, device=device)
     fixed = ~index.mask
@@ -992,18 +1101,36 @@ def hybrid(
     callback: Optional[Callable] = None,
     progress: bool = False,
 ) -> SamplerOutput:
-    """Continuous then discrete: SDE from γ = 0 to `switch_snr` (`sde_steps` on the `schedule`
-    grid from `snr_min`), commit the draft (argmax of p_θ at the switch state) where its
-    probability ≥ `threshold`, mask the rest, then finish with `finish_steps` steps of
-    `low_confidence` (single block, DSL-LLaDA's hybrid) or `remdm` (the draft as visible tokens
-    that ReMDM may remask; `finish_kwargs` such as mode, eta, top_p go to the finisher).
+    """Continuous then discrete: the SDE up to `switch_snr`, a committed draft, a discrete finish.
+
+    1. SDE (see [`sde`]) from z = 0 at γ_0 = `snr_min` to `switch_snr` in `sde_steps` steps on
+       the `schedule` grid, then its final decode at the switch state gives the draft (argmax
+       of p_θ) and conf = max p_θ.
+    2. Draft tokens with conf > `threshold` (strict, as DSL-LLaDA's eval_hybrid_sde_remask)
+       are kept; the others are masked.
+    3. `finish_steps` steps of `low_confidence` (DSL-LLaDA's hybrid; `finish_kwargs` may hold
+       temperature, remasking, cfg_scale, block_length, top_p, top_k, eos_token_id,
+       stop_at_eos, skip_leading_eos) or `remdm` (the kept draft tokens as visible tokens
+       ReMDM may remask; `finish_kwargs` such as mode, eta, top_p). The ReMDM finish starts
+       each row at t_start = that row's masked fraction of its generated positions (at least
+       2·eps), so its α_t = 1 − t schedule matches the draft instead of restarting at t = 1.
+
+    NFE = (1 or 2)·sde_steps (Euler or Heun) + 1 (draft decode) + the finisher's NFE
+    (low_confidence: finish_steps, ×2 with CFG; remdm: at most finish_steps + 1).
+    `DSLGenerationConfig` splits a budget of `steps` so that the total is steps + 1.
     """
     if finish not in ("low_confidence", "remdm"):
         raise ValueError(f"hybrid finish must be 'low_confidence' or 'remdm', got {finish!r}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    _check_steps(sde_steps)
-    _check_steps(finish_steps)
+    _check_num("threshold", threshold, 0.0, 1.0)
+    _check_steps(sde_steps, "sde_steps")
+    _check_steps(finish_steps, "finish_steps")
+    _check_num("snr_min", snr_min, 0.0, low_open=True)
+    _check_num("switch_snr", switch_snr, snr_min, low_open=True)
+    kwargs = dict(finish_kwargs or {})
+    reserved = {"steps", "masked", "generator", "diagnostics", "diagnostics_p", "callback", "progress",
+                "conf_init", "t_start"} & set(kwargs)
+    if reserved:
+        raise ValueError(f"finish_kwargs must not set {sorted(reserved)}: hybrid sets them")
     den = as_denoiser(denoiser)
     path = snr_schedule(schedule, sde_steps, snr_min, switch_snr)
     first = sde(den, tokens, generate_mask, path, integrator=integrator, noise_scale=noise_scale,
@@ -1012,21 +1139,27 @@ def hybrid(
     index = _GenIndex(generate_mask)
     probs = torch.softmax(first.extra["final_logits"].float(), dim=-1)
     conf, draft_flat = probs.max(dim=-1)
+    masked_flat = ~(conf > threshold)
     masked = torch.zeros_like(index.mask)
-    masked[index.rows, index.cols] = conf < threshold
+    masked[index.rows, index.cols] = masked_flat
     draft = first.tokens
-    kwargs = dict(finish_kwargs or {})
+    common = dict(generator=generator, diagnostics=diagnostics, diagnostics_p=diagnostics_p, callback=callback,
+                  progress=progress)
     if finish == "low_confidence":
-        second = low_confidence(den, draft, generate_mask, steps=finish_steps, block_length=None, masked=masked,
-                                generator=generator, diagnostics=diagnostics, diagnostics_p=diagnostics_p,
-                                callback=callback, progress=progress, **kwargs)
+        lc_kwargs = dict(block_length=None)
+        lc_kwargs.update(kwargs)
+        second = low_confidence(den, draft, generate_mask, steps=finish_steps, masked=masked, **lc_kwargs, **common)
     else:
         conf_init = torch.zeros(tokens.shape, device=tokens.device)
         conf_init[index.rows, index.cols] = -conf
+        eps = kwargs.get("eps", 1e-5)
+        masked_count = torch.zeros(index.batch, device=tokens.device).index_add_(0, index.rows, masked_flat.float())
+        t_start = (masked_count.double() / index.row_count.double()).clamp(min(1.0, 2 * eps), 1.0)
         second = remdm(den, draft, generate_mask, steps=finish_steps, masked=masked, conf_init=conf_init,
-                       generator=generator, diagnostics=diagnostics, diagnostics_p=diagnostics_p,
-                       callback=callback, progress=progress, **kwargs)
+                       t_start=t_start, **kwargs, **common)
     extra = {"draft": draft, "draft_masked": masked}
+    if finish == "remdm":
+        extra["t_start"] = t_start
     return SamplerOutput(second.tokens, merge_diagnostics(first.diagnostics, second.diagnostics),
                          first.nfe + second.nfe, extra=extra)
 
@@ -1059,8 +1192,9 @@ def correct(
     den = as_denoiser(denoiser)
     _check_inputs(tokens, suspect_mask)
     _check_steps(steps)
-    if suspect_snr <= 0:
-        raise ValueError(f"suspect_snr must be > 0, got {suspect_snr}")
+    _check_num("suspect_snr", suspect_snr, 0.0, low_open=True)
+    _check_num("threshold", threshold, 0.0, 1.0)
+    _check_num("diagnostics_p", diagnostics_p, 0.0, 1.0, low_open=True)
     index = _GenIndex(suspect_mask)
     trace = _Trace(diagnostics, index, diagnostics_p)
     current = tokens.clone()

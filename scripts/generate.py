@@ -26,7 +26,8 @@ def parse_args(argv=None):
     parser.add_argument("--strategy", choices=["sde", "mdlm", "remdm", "hybrid", "low_confidence", "roar", "correct"])
     parser.add_argument("--steps", type=int, help="sampling steps T")
     parser.add_argument("--gen-length", type=int, help="tokens to generate per sample")
-    parser.add_argument("--block-length", type=int, help="low_confidence block size")
+    parser.add_argument("--block-length", type=int,
+                        help="block size of low_confidence (and of hybrid's low_confidence finish)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", action="append", help="a prompt (repeat for several); none = unconditional")
     source.add_argument("--prompts-file", help="text file with one prompt per line")
@@ -40,8 +41,18 @@ def parse_args(argv=None):
     parser.add_argument("--integrator", choices=["euler", "heun"])
     parser.add_argument("--snr-schedule", choices=["geometric", "linear", "sensitive"])
     parser.add_argument("--noise-scale", type=float)
+    parser.add_argument("--posterior-top-k", type=int, help="SDE: x̂ from the k most likely tokens")
     parser.add_argument("--switch-snr", type=float, help="hybrid: SNR where the SDE hands over")
+    parser.add_argument("--switch-steps", type=int, help="hybrid: SDE integration steps (default steps // 4)")
     parser.add_argument("--hybrid-finish", choices=["low_confidence", "remdm"])
+    parser.add_argument("--hybrid-threshold", type=float, help="hybrid: keep draft tokens with p > this")
+    parser.add_argument("--remasking", choices=["low_confidence", "random"])
+    parser.add_argument("--cfg-scale", type=float, help="low_confidence classifier-free guidance w")
+    parser.add_argument("--stop-at-eos", action="store_true",
+                        help="low_confidence / hybrid with a low_confidence finish: stop once every row has an EOS")
+    parser.add_argument("--keep-after-eos", action="store_true",
+                        help="do not cut the text after the first EOS (default: cut with the tokenizer's EOS when "
+                             "the checkpoint sets none)")
     parser.add_argument("--add-special-tokens", action="store_true", help="let the tokenizer add BOS/EOS to prompts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -64,7 +75,9 @@ def overrides(args) -> dict:
         "block_length": args.block_length, "temperature": args.temperature, "top_p": args.top_p,
         "top_k": args.top_k, "remdm_mode": args.remdm_mode, "eta": args.eta, "integrator": args.integrator,
         "snr_schedule": args.snr_schedule, "noise_scale": args.noise_scale, "switch_snr": args.switch_snr,
-        "hybrid_finish": args.hybrid_finish,
+        "hybrid_finish": args.hybrid_finish, "posterior_top_k": args.posterior_top_k,
+        "switch_steps": args.switch_steps, "hybrid_threshold": args.hybrid_threshold, "remasking": args.remasking,
+        "cfg_scale": args.cfg_scale, "stop_at_eos": True if args.stop_at_eos else None,
     }
     return {k: v for k, v in mapping.items() if v is not None}
 
@@ -108,6 +121,11 @@ def main(argv=None) -> int:
     else:
         prompts = args.prompt or [None]
     kwargs = overrides(args)
+    has_eos = (model.generation_config.eos_token_id is not None
+               or getattr(model.config, "eos_token_id", None) is not None)
+    if not args.keep_after_eos and not has_eos and tokenizer.eos_token_id is not None:
+        # Cut each sample after its first EOS (an unprompted sample's leading BOS = EOS is kept).
+        kwargs["eos_token_id"] = tokenizer.eos_token_id
     if args.plot_diagnostics:
         kwargs["output_diagnostics"] = True
     jobs = [(p, s) for p in prompts for s in range(args.num_samples)]

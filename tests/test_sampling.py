@@ -205,13 +205,15 @@ def test_sde_holds_prompt_embeddings_and_counts_nfe():
     gen_mask = torch.tensor([[False, False, True, True]])
     out = S.sde(den, tokens, gen_mask, torch.tensor([0.5, 1.0, 2.0]), integrator="heun",
                 generator=torch.Generator().manual_seed(0))
-    # 0 is prepended: 3 steps × 2 evaluations (Heun) + the final decode.
-    assert out.nfe == 7 == len(seen)
+    # z = 0 is the state at γ_0 = 0.5 (nothing prepended): 2 steps × 2 evaluations (Heun) + the final decode.
+    assert out.nfe == 5 == len(seen)
+    euler = S.sde(den, tokens, gen_mask, torch.tensor([0.5, 1.0, 2.0]), generator=torch.Generator().manual_seed(0))
+    assert euler.nfe == 3
     for z in seen:
         torch.testing.assert_close(z[0, 0], 30.0 * emb[2])
         torch.testing.assert_close(z[0, 1], 30.0 * emb[1])
     assert torch.equal(out.tokens[0, :2], tokens[0, :2])
-    assert seen[0][0, 2:].abs().max() == 0  # the state starts at z = 0 (γ = 0)
+    assert seen[0][0, 2:].abs().max() == 0  # the state starts at z = 0 (at γ_0)
 
 
 def test_sde_euler_step_is_drift_plus_scaled_brownian_increment():
@@ -251,20 +253,36 @@ def test_per_token_snr_paths_move_each_position_by_its_own_increments():
 # ----------------------------------------------------------------------------- ReMDM formulas
 
 
-@pytest.mark.parametrize("alpha_s,alpha_t,eta", [(0.6, 0.5, 0.1), (0.3, 0.2, 0.9), (0.95, 0.94, 0.02), (0.1, 0.0, 0.05)])
-def test_remdm_sigma_matches_the_reference_formulas(alpha_s, alpha_t, eta):
-    sigma_max = min(1.0, (1 - alpha_s) / alpha_t) if alpha_t > 0 else 1.0
-    cap = min(eta, (1 - alpha_s) / alpha_t) if alpha_t > 0 else eta
+# Hand-computed from the reference (mdlm_remdm.md §4): r = (1 − α_s)/α_t; cap = min(η, r);
+# rescale = η·min(1, r); conf's σ_max = min(1, r) (α_t = 0: cap η, σ_max 1); unmask probability
+# (α_s − (1 − σ)α_t)/(1 − α_t) for σ = 0 (MDLM) and σ = cap.
+SIGMA_TABLE = [
+    # α_s,  α_t,  η,    cap,  rescale,     σ_max,       unmask(0),  unmask(cap)
+    (0.6, 0.5, 0.1, 0.1, 0.08, 0.8, 0.2, 0.3),
+    (0.3, 0.2, 0.9, 0.9, 0.9, 1.0, 0.125, 0.35),
+    (0.95, 0.94, 0.02, 0.02, 0.02 * 0.05 / 0.94, 0.05 / 0.94, 1 / 6, 0.48),
+    (0.1, 0.0, 0.05, 0.05, 0.05, 1.0, 0.1, 0.1),
+]
+
+
+@pytest.mark.parametrize("alpha_s,alpha_t,eta,cap,rescale,sigma_max,unmask_mdlm,unmask_cap", SIGMA_TABLE)
+def test_remdm_sigma_matches_hand_computed_values(alpha_s, alpha_t, eta, cap, rescale, sigma_max, unmask_mdlm,
+                                                  unmask_cap):
     assert S.remdm_sigma("cap", alpha_s, alpha_t, eta) == pytest.approx(cap)
-    assert S.remdm_sigma("rescale", alpha_s, alpha_t, eta) == pytest.approx(eta * sigma_max)
+    assert S.remdm_sigma("rescale", alpha_s, alpha_t, eta) == pytest.approx(rescale)
     assert S.remdm_sigma("conf", alpha_s, alpha_t, eta) == pytest.approx(sigma_max)
     assert S.remdm_sigma("mdlm", alpha_s, alpha_t, eta) == 0.0
-    for sigma in (0.0, S.remdm_sigma("cap", alpha_s, alpha_t, eta)):
-        unmask = S.remdm_unmask_prob(alpha_s, alpha_t, sigma)
-        assert unmask == pytest.approx((alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t))
-        mask_mass = (1 - alpha_s - sigma * alpha_t) / (1 - alpha_t)
-        assert unmask + mask_mass == pytest.approx(1.0)
-        assert 0.0 <= unmask <= 1.0
+    assert S.remdm_unmask_prob(alpha_s, alpha_t, 0.0) == pytest.approx(unmask_mdlm)
+    assert S.remdm_unmask_prob(alpha_s, alpha_t, cap) == pytest.approx(unmask_cap)
+    # The per-row tensor form the sampler uses agrees (t = 1 − α_t, dt = α_s − α_t).
+    t = torch.tensor([1.0 - alpha_t], dtype=torch.float64)
+    dt = torch.tensor([alpha_s - alpha_t], dtype=torch.float64)
+    for mode, sigma, unmask in (("mdlm", 0.0, unmask_mdlm), ("cap", cap, unmask_cap),
+                                ("rescale", rescale, None), ("conf", sigma_max, unmask_mdlm)):
+        got_sigma, got_unmask = S._remdm_row_rates(mode, t, dt, eta, 0.55, 0.05, 0.9)
+        assert got_sigma.item() == pytest.approx(sigma)
+        if unmask is not None:
+            assert got_unmask.item() == pytest.approx(unmask)
 
 
 def test_remdm_loop_phases_switch_at_t_on_and_t_off():
@@ -280,6 +298,16 @@ def test_remdm_loop_phases_switch_at_t_on_and_t_off():
     assert S.remdm_loop_schedule(1.0, dt, t_on, t_off, alpha_on)[1] == pytest.approx(0.0)
     # In the loop phase the masked fraction stays at 1 − α_on: unmask rate η·α_on/(1 − α_on).
     assert S.remdm_unmask_prob(0.9, 0.9, 0.02) == pytest.approx(0.02 * 0.9 / 0.1)
+    # The sampler's per-row tensor form follows the same phases.
+    eta = 0.02
+    times = [1.0, 0.56, 0.55, 0.3, 0.051, 0.05, 0.03]
+    sigma, unmask = S._remdm_row_rates("loop", torch.tensor(times, dtype=torch.float64), torch.tensor(dt), eta,
+                                       t_on, t_off, alpha_on)
+    for t, got_sigma, got_unmask in zip(times, sigma.tolist(), unmask.tolist()):
+        phase, a_t, a_s = S.remdm_loop_schedule(t, dt, t_on, t_off, alpha_on)
+        want_sigma = eta if phase == 2 else 0.0
+        assert got_sigma == pytest.approx(want_sigma), t
+        assert got_unmask == pytest.approx(S.remdm_unmask_prob(a_s, a_t, want_sigma)), t
 
 
 def test_eta_cap_defaults_follow_the_paper_table():
@@ -501,16 +529,225 @@ def test_diagnostics_shapes_and_meaning():
     # Afterwards the shift is pinned: no uncertainty left.
     assert d["H_t"][1:].max() < 1e-6
 
+    states = []
     out = S.remdm(den, tokens, gen_mask, steps=50, mode="rescale", eta=0.5,
-                  generator=torch.Generator().manual_seed(0), diagnostics=True)
+                  generator=torch.Generator().manual_seed(0), diagnostics=True,
+                  callback=lambda i, draft, masked, final: states.append((draft, masked)))
     d = out.diagnostics
     assert d["r_t"].shape == (50, 50)
     assert torch.nanmean(d["r_t"]) > 0.05
-    assert d["rewrites"].sum() >= 0 and (d["delta_t"] <= 1).all()
+    # Recount from the per-step states: a rewrite is a position drawing a token different from
+    # the one it last showed; r_t = remasked / visible before; Δ_t = changed mask state / L.
+    last = torch.full((50, k), -1)
+    rewrites = torch.zeros(50, k, dtype=torch.long)
+    previous_masked = torch.ones(50, k, dtype=torch.bool)
+    for step, (draft, masked) in enumerate(states):
+        drawn = previous_masked & ~masked
+        rewrites += (drawn & (last >= 0) & (draft != last)).long()
+        last = torch.where(drawn, draft, last)
+        visible_before = (~previous_masked).sum(1).float()
+        remasked = (~previous_masked & masked).sum(1).float()
+        expected_r = torch.where(visible_before > 0, remasked / visible_before.clamp_min(1), torch.nan)
+        torch.testing.assert_close(d["r_t"][step], expected_r, equal_nan=True)
+        torch.testing.assert_close(d["delta_t"][step], (previous_masked != masked).sum(1).float() / k)
+        previous_masked = masked
+    assert torch.equal(d["rewrites"], rewrites) and rewrites.sum() > 0
 
     out = S.sde(den, tokens, gen_mask, snr_schedule("geometric", 20, 0.01, 50.0),
                 generator=torch.Generator().manual_seed(0), diagnostics=True)
     d = out.diagnostics
-    assert d["H_t"].shape == (21, 50)  # 0 prepended
+    assert d["H_t"].shape == (20, 50)  # one entry per integration step, nothing prepended
     assert d["H_t"][0].mean() > d["H_t"][-1].mean()  # localisation lowers the entropy
-    assert (d["rewrites"] >= 0).all() and d["rewrites"].sum() > 0
+    # rewrites = argmax changes after the first step, the same events Δ_t counts per step.
+    torch.testing.assert_close(d["rewrites"].sum(1).float(), d["delta_t"][1:].sum(0) * k)
+    assert d["rewrites"].sum() > 0
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+class DrawRecorder:
+    """Wraps RowRNG._draw to record (kind, shape, dtype) of every random draw."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = S.RowRNG._draw
+
+        def draw(rng, kind, shape, gen, dtype):
+            out = original(rng, kind, shape, gen, dtype)
+            self.calls.append((kind, tuple(out.shape), out.dtype))
+            return out
+
+        monkeypatch.setattr(S.RowRNG, "_draw", draw)
+
+    def uniforms(self):
+        return [c for c in self.calls if c[0] == "uniform"]
+
+
+def test_low_confidence_draws_gumbel_noise_only_for_masked_positions(monkeypatch):
+    vocab, gen_len, block = 6, 8, 4
+    den = _confidence_denoiser(vocab, gen_len)
+    tokens, gen_mask = blank(3, gen_len)
+    masked = torch.ones_like(gen_mask)
+    masked[1, [0, 5]] = False  # row 1: a partly committed draft (as hybrid's finish gets)
+    tokens[1, [0, 5]] = 2
+    recorder = DrawRecorder(monkeypatch)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1, 2)]
+    out = S.low_confidence(den, tokens, gen_mask, steps=4, block_length=block, temperature=1.0, masked=masked,
+                           generator=gens)
+    # Blocks of 4 with 2 steps each: masked counts 4, 2 | 4, 2 per full row; row 1: 3, 1 | 3, 1.
+    drawn = sum(math.prod(shape) for _, shape, _ in recorder.uniforms())
+    assert drawn == (12 + 12 + 8) * vocab
+    assert all(dtype == torch.float64 for _, _, dtype in recorder.calls)
+    # Batch invariance: row 1 alone, with its own generator, gives the same tokens.
+    alone = S.low_confidence(den, tokens[1:2], gen_mask[1:2], steps=4, block_length=block, temperature=1.0,
+                             masked=masked[1:2], generator=[torch.Generator().manual_seed(1)])
+    assert torch.equal(alone.tokens[0], out.tokens[1])
+    assert out.tokens[1, [0, 5]].tolist() == [2, 2]
+
+
+CATEGORICAL_CALLS = {
+    "mdlm": lambda d, t, m, g: S.mdlm(d, t, m, steps=4, generator=g),
+    "remdm_conf": lambda d, t, m, g: S.remdm(d, t, m, steps=4, mode="conf", generator=g),
+    "roar": lambda d, t, m, g: S.roar(d, t, m, tokens_per_step=2, generator=g),
+    "low_confidence_random": lambda d, t, m, g: S.low_confidence(d, t, m, steps=2, temperature=1.0,
+                                                                 remasking="random", generator=g),
+    "hybrid_remdm": lambda d, t, m, g: S.hybrid(d, t, m, sde_steps=2, finish_steps=3, switch_snr=2.0, finish="remdm",
+                                                generator=g),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CATEGORICAL_CALLS))
+def test_every_uniform_draw_is_float64(monkeypatch, name):
+    recorder = DrawRecorder(monkeypatch)
+    tokens, gen_mask = blank(2, 5)
+    CATEGORICAL_CALLS[name](oracle(5), tokens, gen_mask, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert recorder.uniforms() and all(dtype == torch.float64 for _, _, dtype in recorder.uniforms())
+    assert all(dtype == torch.float32 for kind, _, dtype in recorder.calls if kind == "normal")
+
+
+def _mask_loving_denoiser(mask_id=2, vocab=5):
+    """A denoiser whose mask id is a real id (LLaDA-style) and whose logits favour it heavily."""
+    emb = embeddings(vocab, "random")
+    logits = torch.tensor([0.0, 1.0, 8.0, 0.5, -1.0])
+
+    def features(z):
+        return logits.expand(z.shape[0], z.shape[1], vocab)
+
+    return S.Denoiser(features, None, emb, visible_snr=30.0, mask_token_id=mask_id), logits, emb
+
+
+def test_in_vocabulary_mask_id_is_never_drawn_nor_in_the_posterior_mean():
+    den, logits, emb = _mask_loving_denoiser()
+    assert den.logits(torch.zeros(1, 5))[0, 2] == -math.inf
+    tokens, gen_mask = blank(40, 6)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    outs = {
+        "mdlm": S.mdlm(den, tokens, gen_mask, steps=3, generator=gen()),
+        "remdm": S.remdm(den, tokens, gen_mask, steps=3, mode="rescale", eta=0.5, generator=gen()),
+        "low_confidence_greedy": S.low_confidence(den, tokens, gen_mask, steps=3),
+        "low_confidence": S.low_confidence(den, tokens, gen_mask, steps=3, temperature=2.0, generator=gen()),
+        "roar": S.roar(den, tokens, gen_mask, tokens_per_step=2, generator=gen()),
+        "sde": S.sde(den, tokens, gen_mask, torch.tensor([0.0, 1.0, 2.0]), generator=gen()),
+        "hybrid": S.hybrid(den, tokens, gen_mask, sde_steps=2, finish_steps=2, switch_snr=2.0, generator=gen()),
+        "correct": S.correct(den, torch.full_like(tokens, 2), gen_mask),
+    }
+    for name, out in outs.items():
+        assert not (out.tokens == 2).any(), name
+    keep = torch.tensor([0, 1, 3, 4])
+    x_hat = torch.softmax(logits[keep], -1) @ emb[keep]
+    out = S.sde(den, tokens[:1, :1], gen_mask[:1, :1], torch.tensor([0.0, 1.0]), noise_scale=0.0)
+    torch.testing.assert_close(out.extra["z"][0, 0], x_hat)
+
+
+def test_posterior_mean_top_k_is_the_renormalised_top_k_average():
+    emb = embeddings(6, "random")
+    logits = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    full = torch.softmax(logits, -1)
+    kept = torch.zeros_like(full).scatter_(-1, logits.topk(3, -1).indices, full.topk(3, -1).values)
+    torch.testing.assert_close(S.posterior_mean(logits, emb, 3), (kept / kept.sum(-1, keepdim=True)) @ emb)
+    torch.testing.assert_close(S.posterior_mean(logits, emb), full @ emb)
+    torch.testing.assert_close(S.posterior_mean(logits, emb, 6), full @ emb)
+
+
+BAD_SAMPLER_CALLS = [
+    (lambda d, t, m: S.mdlm(d, t, m, steps=0), "steps"),
+    (lambda d, t, m: S.mdlm(d, t, m, steps=4, top_p=0.0), "top_p"),
+    (lambda d, t, m: S.remdm(d, t, m, steps=4, top_p=1.5), "top_p"),
+    (lambda d, t, m: S.remdm(d, t, m, steps=4, top_k=0), "top_k"),
+    (lambda d, t, m: S.remdm(d, t, m, steps=4, eta=-0.1), "eta"),
+    (lambda d, t, m: S.remdm(d, t, m, steps=4, temperature=0.0), "temperature"),
+    (lambda d, t, m: S.low_confidence(d, t, m, steps=2, temperature=-1.0), "temperature"),
+    (lambda d, t, m: S.low_confidence(d, t, m, steps=2, top_k=0), "top_k"),
+    (lambda d, t, m: S.low_confidence(d, t, m, steps=2, cfg_scale=-1.0), "cfg_scale"),
+    (lambda d, t, m: S.roar(d, t, m, top_p=2.0), "top_p"),
+    (lambda d, t, m: S.roar(d, t, m, tokens_per_step=0), "tokens_per_step"),
+    (lambda d, t, m: S.sde(d, t, m, torch.tensor([0.0, 1.0]), posterior_top_k=0), "posterior_top_k"),
+    (lambda d, t, m: S.sde(d, t, m, torch.tensor([0.0, 1.0]), noise_scale=-1.0), "noise_scale"),
+    (lambda d, t, m: S.hybrid(d, t, m, sde_steps=0, finish_steps=2, switch_snr=2.0), "sde_steps"),
+    (lambda d, t, m: S.hybrid(d, t, m, sde_steps=2, finish_steps=2, switch_snr=0.001), "switch_snr"),
+    (lambda d, t, m: S.hybrid(d, t, m, sde_steps=2, finish_steps=2, switch_snr=2.0,
+                              finish_kwargs=dict(steps=3)), "finish_kwargs"),
+    (lambda d, t, m: S.correct(d, t, m, threshold=2.0), "threshold"),
+]
+
+
+@pytest.mark.parametrize("call,name", BAD_SAMPLER_CALLS)
+def test_sampler_functions_validate_their_arguments(call, name):
+    tokens, gen_mask = blank(1, 4)
+    with pytest.raises(ValueError, match=name):
+        call(oracle(4), tokens, gen_mask)
+
+
+def _flat_columns_denoiser(vocab=4, flat=(2, 3)):
+    """Peaked (p ≈ 1) predictions at every column except `flat` (uniform there)."""
+    emb = embeddings(vocab, "random")
+
+    def logits(z):
+        out = torch.zeros(z.shape[0], z.shape[1], vocab)
+        for j in range(z.shape[1]):
+            if j not in flat:
+                out[:, j, j % vocab] = 100.0
+        return out
+
+    return S.as_denoiser(logits, emb, visible_snr=30.0)
+
+
+def test_hybrid_keeps_draft_tokens_strictly_above_the_threshold():
+    den = _flat_columns_denoiser()
+    tokens, gen_mask = blank(2, 4)
+    kw = dict(sde_steps=2, finish_steps=4, switch_snr=2.0, generator=torch.Generator().manual_seed(0))
+    # p = 1 exactly at the peaked columns: kept for τ < 1, masked at τ = 1 (conf > τ, strict).
+    assert S.hybrid(den, tokens, gen_mask, threshold=0.99, **kw).extra["draft_masked"][0].tolist() == [
+        False, False, True, True]
+    assert S.hybrid(den, tokens, gen_mask, threshold=1.0, **kw).extra["draft_masked"].all()
+    # p = 1/4 at the flat columns: masked at τ = 1/4 (not strictly above).
+    assert S.hybrid(den, tokens, gen_mask, threshold=0.25, **kw).extra["draft_masked"][0].tolist() == [
+        False, False, True, True]
+
+
+def test_hybrid_remdm_finish_starts_at_each_rows_masked_fraction():
+    den = _flat_columns_denoiser()
+    tokens, gen_mask = blank(2, 4)
+    gen_mask[1, 2] = False  # row 1: column 2 is a prompt token → 1 of its 3 generated positions is flat
+    out = S.hybrid(den, tokens, gen_mask, sde_steps=2, finish_steps=1, switch_snr=2.0, finish="remdm",
+                   finish_kwargs=dict(mode="rescale", eta=1.0), diagnostics=True,
+                   generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    torch.testing.assert_close(out.extra["t_start"], torch.tensor([0.5, 1 / 3], dtype=torch.float64))
+    # rescale σ = η·min(1, (1 − α_s)/α_t): at t = 1 (the old start) every visible draft token would
+    # be remasked (σ = η = 1); from t = m to s = eps it is eps/(1 − m) ≈ 0.
+    assert (out.diagnostics["r_t"][-1] == 0).all()
+    assert out.tokens[:, :2].tolist() == [[0, 1], [0, 1]]
+
+
+def test_hybrid_low_confidence_finish_takes_block_length_and_cfg_from_finish_kwargs():
+    den = _confidence_denoiser(vocab=6, length=8)
+    tokens, gen_mask = blank(1, 8)
+    states = []
+    out = S.hybrid(den, tokens, gen_mask, sde_steps=2, finish_steps=2, switch_snr=2.0, threshold=1.0,
+                   finish_kwargs=dict(block_length=4, cfg_scale=1.0),
+                   callback=lambda i, draft, masked, final: states.append((final, masked)))
+    finish = [masked for final, masked in states if final]
+    assert len(finish) == 2
+    assert not finish[0][0, :4].any() and finish[0][0, 4:].all()  # block 1 first, then block 2
+    assert out.nfe == 2 + 1 + 2 * 2  # SDE steps + draft decode + 2 CFG finish steps

@@ -20,6 +20,7 @@ Two kinds of examples reach [`DSLTrainer`](./dsl_trainer.py):
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ _WIKITEXT_RULES = [
     (re.compile(r" (n't|'s|'re|'ve|'ll|'d|'m)\b"), r"\1"),
     (re.compile(r"\s+\n"), "\n"),
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def detokenize_wikitext(text: str) -> str:
@@ -214,6 +217,10 @@ def prompt_response_dataset(
         prompts = tokenizer(list(batch[prompt_column]), add_special_tokens=False)["input_ids"]
         responses = tokenizer(list(batch[response_column]), add_special_tokens=False)["input_ids"]
         out = {"input_ids": [], "attention_mask": [], "prompt_mask": []}
+        truncated = sum(len(p) + len(r) + 2 > max_length for p, r in zip(prompts, responses))
+        if truncated:
+            logger.warning("%d of %d prompt/response pairs exceed max_length=%d and were truncated",
+                           truncated, len(prompts), max_length)
         for p, r in zip(prompts, responses):
             p = p[: max_length - 2]
             ids = ([bos] + p + r)[: max_length - 1] + [eos]
