@@ -1,9 +1,6 @@
 """DSLForDiffusionLM: input conventions, loss, denoiser, gradient checkpointing, bf16, remote code."""
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -141,15 +138,8 @@ def test_bf16_forward_has_no_nan():
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, json, sys
+    import json
     import numpy as np, torch
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_dsl", "trainers"):
-                raise ImportError("blocked: " + name)
-
-    sys.meta_path.insert(0, Block())
     from transformers import AutoModel, AutoModelForMaskedLM
 
     folder, ids_file, out_file = sys.argv[1:4]
@@ -172,7 +162,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_saved_model_loads_as_remote_code_without_the_package(tmp_path):
+def test_saved_model_loads_as_remote_code_without_the_package(tmp_path, run_without_package):
     model = tiny_model().eval()
     folder = tmp_path / "ckpt"
     model.save_pretrained(folder)
@@ -189,14 +179,7 @@ def test_saved_model_loads_as_remote_code_without_the_package(tmp_path):
         expected = reloaded(input_ids=ids, generator=torch.Generator().manual_seed(123)).logits.numpy()
         original = model(input_ids=ids, generator=torch.Generator().manual_seed(123)).logits.numpy()
     np.testing.assert_allclose(expected, original, rtol=0, atol=1e-5)
-    script = tmp_path / "remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": ""}
-    proc = subprocess.run([sys.executable, str(script), str(folder), str(tmp_path / "ids.npy"), str(tmp_path / "out")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = run_without_package(REMOTE_SCRIPT, folder, tmp_path / "ids.npy", tmp_path / "out")
     assert report == {"auto": "DSLForDiffusionLM", "masked_lm": "DSLForDiffusionLM", "package_importable": False}
     for name in ("auto", "masked_lm"):
         got = np.load(tmp_path / f"out.{name}.npy")

@@ -419,15 +419,8 @@ def test_bad_generate_inputs_raise_value_errors(model):
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, json, sys
+    import json
     import torch
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_dsl", "trainers"):
-                raise ImportError("blocked: " + name)
-
-    sys.meta_path.insert(0, Block())
     from transformers import AutoModel
 
     folder = sys.argv[1]
@@ -448,7 +441,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_generation_config_round_trips_through_remote_code(tmp_path):
+def test_generation_config_round_trips_through_remote_code(tmp_path, run_without_package):
     model = tiny_model(seed=1)
     model.generation_config = DSLGenerationConfig(strategy="remdm", remdm_mode="loop", eta=0.05, steps=9,
                                                   gen_length=6, seed=11, top_p=0.9)
@@ -460,13 +453,7 @@ def test_generation_config_round_trips_through_remote_code(tmp_path):
     expected = reloaded.generate(torch.tensor([[3, 4, 5]]), strategy="remdm", remdm_mode="loop", eta=0.05,
                                  steps=9, gen_length=6, seed=11, top_p=0.9)
     other = reloaded.generate(torch.tensor([[3, 4, 5]]), strategy="mdlm", steps=9, gen_length=6, seed=11)
-    script = tmp_path / "remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    proc = subprocess.run([sys.executable, str(script), str(folder)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = run_without_package(REMOTE_SCRIPT, folder)
     assert report["class"] == "DSLGenerationConfig" and "transformers_modules" in report["module"]
     assert not report["package_importable"]
     assert (report["strategy"], report["remdm_mode"], report["steps"], report["gen_length"], report["seed"]) == (

@@ -107,15 +107,8 @@ def run_script(args, env=None, timeout=400, driver=None):
 
 
 REMOTE_DRIVER = """
-import importlib.abc, json, sys
+import json
 import numpy as np, torch
-
-class Block(importlib.abc.MetaPathFinder):  # the package is not installed on the user's machine
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("modeling_dsl", "trainers"):
-            raise ImportError("blocked: " + name)
-
-sys.meta_path.insert(0, Block())
 from transformers import AutoModel
 
 folder, ids_file, snr_file, out_file = sys.argv[1:5]
@@ -133,19 +126,16 @@ print(json.dumps({"module": module}))
 """
 
 
-def remote_logits(tmp_path, folder, ids, snr, adapter=None):
+def remote_logits(run_without_package, tmp_path, folder, ids, snr, adapter=None):
     """Logits of `folder` loaded through AutoModel(trust_remote_code=True) in a process where the
     package cannot be imported (optionally with a PEFT adapter on top); noise seed 0."""
     import numpy as np
 
     np.save(tmp_path / "ids.npy", ids.numpy())
     np.save(tmp_path / "snr.npy", snr.numpy())
-    args = [str(folder), str(tmp_path / "ids.npy"), str(tmp_path / "snr.npy"), str(tmp_path / "logits.npy")]
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    proc = subprocess.run([sys.executable, "-c", REMOTE_DRIVER, *args, *([str(adapter)] if adapter else [])],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["module"].startswith("transformers_modules")
+    args = [folder, tmp_path / "ids.npy", tmp_path / "snr.npy", tmp_path / "logits.npy"]
+    report = run_without_package(REMOTE_DRIVER, *args, *([adapter] if adapter else []))
+    assert report["module"].startswith("transformers_modules")
     return torch.from_numpy(np.load(tmp_path / "logits.npy"))
 
 
@@ -408,7 +398,7 @@ def test_evaluation_uses_ema_weights_and_restores_the_model(tokenizer, blocks, t
 # ----------------------------------------------------------------------------- PEFT
 
 
-def test_lora_trains_only_adapter_and_converter_and_reloads_on_remote_code_base(tokenizer, blocks, tmp_path):
+def test_lora_trains_only_adapter_and_converter_and_reloads_on_remote_code_base(tokenizer, blocks, tmp_path, run_without_package):
     from peft import LoraConfig, get_peft_model
 
     V = len(tokenizer)
@@ -438,9 +428,10 @@ def test_lora_trains_only_adapter_and_converter_and_reloads_on_remote_code_base(
     snr = torch.full(ids.shape, 5.0)
     with torch.no_grad():
         trained = model(input_ids=ids, snr=snr, generator=torch.Generator().manual_seed(0)).logits
-    reloaded = remote_logits(tmp_path, tmp_path / "base", ids, snr, adapter=tmp_path / "adapter")
+    reloaded = remote_logits(run_without_package, tmp_path, tmp_path / "base", ids, snr,
+                             adapter=tmp_path / "adapter")
     assert torch.allclose(trained, reloaded, atol=1e-5)
-    plain_base = remote_logits(tmp_path, tmp_path / "base", ids, snr)
+    plain_base = remote_logits(run_without_package, tmp_path, tmp_path / "base", ids, snr)
     assert not torch.allclose(trained, plain_base, atol=1e-3)  # the adapter really changes the model
 
 
@@ -456,7 +447,7 @@ def test_script_help_and_argument_errors(tok_dir, train_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_script_trains_dsl_and_mdlm_objectives_and_output_loads_as_remote_code(tok_dir, train_file, tmp_path):
+def test_script_trains_dsl_and_mdlm_objectives_and_output_loads_as_remote_code(tok_dir, train_file, tmp_path, run_without_package):
     outputs = {}
     for objective in ("dsl", "mdlm"):
         out = tmp_path / objective
@@ -475,7 +466,7 @@ def test_script_trains_dsl_and_mdlm_objectives_and_output_loads_as_remote_code(t
         local = DSLForDiffusionLM.from_pretrained(out).eval()
         with torch.no_grad():
             expected = local(input_ids=ids, snr=snr, generator=torch.Generator().manual_seed(0)).logits
-        assert torch.allclose(remote_logits(tmp_path, out, ids, snr), expected, atol=1e-5)
+        assert torch.allclose(remote_logits(run_without_package, tmp_path, out, ids, snr), expected, atol=1e-5)
     # MDLM scores masked tokens only (γ = 0); DSL scores tokens at every SNR
     assert outputs["mdlm"] == {"loss_snr_0-1"}
     assert {"loss_snr_0-1", "loss_snr_5-20", "loss_snr_50-inf"} <= outputs["dsl"]
@@ -531,7 +522,7 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tok_dir, train_f
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_single_process_cpu_trains_and_reloads(stage, tokenizer, tok_dir, train_file, tmp_path):
+def test_deepspeed_zero_single_process_cpu_trains_and_reloads(stage, tokenizer, tok_dir, train_file, tmp_path, run_without_package):
     pytest.importorskip("deepspeed")
     init = tmp_path / "init"
     model = tiny_model(len(tokenizer))
@@ -569,4 +560,4 @@ def test_deepspeed_zero_single_process_cpu_trains_and_reloads(stage, tokenizer, 
     # and the folder loads as remote code, without the package, to the same model
     with torch.no_grad():
         expected = trained(input_ids=ids, snr=snr, generator=torch.Generator().manual_seed(0)).logits
-    assert torch.allclose(remote_logits(tmp_path, out, ids, snr), expected, atol=1e-5)
+    assert torch.allclose(remote_logits(run_without_package, tmp_path, out, ids, snr), expected, atol=1e-5)
