@@ -53,3 +53,15 @@ def run_without_package(tmp_path):
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     return run
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test on one torch thread: sampler loops are thousands of tiny ops, and two threads on
+    two cores only add contention."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -19,13 +19,7 @@ NUM_SAMPLES = 600
 ALPHA = 0.01
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The oracle loops run thousands of tiny ops: one thread avoids oversubscription."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def embeddings(num_tokens: int, kind: str, seed: int = 0) -> torch.Tensor:
