@@ -141,8 +141,14 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             visible = visible & attention_mask.bool()
         return visible.float() * self.config.snr_max
 
-    def noisy_embeds_from_ids(self, input_ids, snr=None, attention_mask=None, generator=None, noise=True):
-        """z = γ·E[ids] + √γ·ε, returning (z (B, L, d) fp32, snr (B, L) fp32)."""
+    def noisy_embeds_from_ids(self, input_ids, snr=None, attention_mask=None, generator=None, noise=True,
+                              clean_mask=None):
+        """z = γ·E[ids] + √γ·ε, returning (z (B, L, d) fp32, snr (B, L) fp32).
+
+        `clean_mask` (B, L) bool marks positions fed noise-free (z = γ·E[ids]): prompt tokens and
+        MDLM-visible tokens, as the samplers feed them. Noise is drawn for every position either
+        way, so the mask does not shift the random stream of the others.
+        """
         if snr is None:
             snr = self.default_snr(input_ids, attention_mask)
         snr = torch.as_tensor(snr, dtype=torch.float32, device=input_ids.device)
@@ -150,7 +156,13 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             snr = snr[:, None]  # one SNR per sequence
         snr = snr.expand(input_ids.shape)
         ids = input_ids.clamp(0, self.config.vocab_size - 1)  # the mask id may lie outside E; γ = 0 there
-        return corrupt(self.embed(ids), snr, generator, noise=noise), snr
+        x = self.embed(ids)
+        z = corrupt(x, snr, generator, noise=noise)
+        if clean_mask is not None:
+            if clean_mask.shape != input_ids.shape:
+                raise ValueError(f"clean_mask must have shape {tuple(input_ids.shape)}, got {tuple(clean_mask.shape)}")
+            z = torch.where(clean_mask.bool().unsqueeze(-1), snr.unsqueeze(-1) * x, z)
+        return z, snr
 
     def hidden_states(self, noisy_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Converter + backbone blocks: (B, L, d) → (B, L, D), before the LM head."""
@@ -169,6 +181,7 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         attention_mask: Optional[torch.Tensor] = None,
         labels: Optional[torch.LongTensor] = None,
         generator: Optional[torch.Generator] = None,
+        clean_mask: Optional[torch.Tensor] = None,
         return_dict: Optional[bool] = None,
     ):
         """Predict tokens from noisy embeddings.
@@ -181,14 +194,16 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             attention_mask: (B, L), 1 for real tokens, 0 for padding (padding keys are not attended).
             labels: (B, L) targets, -100 = not scored; padding positions are never scored.
             generator: randomness of the corruption noise.
+            clean_mask: (B, L) bool, positions fed noise-free (z = γ·E[ids]), e.g. prompt tokens.
+                Only with `input_ids`.
         Returns:
             [`DSLDiffusionOutput`] (or a tuple when `return_dict=False`).
         """
         if (input_ids is None) == (noisy_embeds is None):
             raise ValueError("pass exactly one of input_ids and noisy_embeds")
         if noisy_embeds is not None:
-            if snr is not None:
-                raise ValueError("snr is only used with input_ids; noisy_embeds are already corrupted")
+            if snr is not None or clean_mask is not None:
+                raise ValueError("snr and clean_mask are only used with input_ids; noisy_embeds are already corrupted")
             if noisy_embeds.dim() != 3 or noisy_embeds.shape[-1] != self.config.noise_dim:
                 raise ValueError(
                     f"noisy_embeds must have shape (batch, length, noise_dim={self.config.noise_dim}), "
@@ -199,7 +214,7 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         else:
             if input_ids.dim() != 2:
                 raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
-            z, used_snr = self.noisy_embeds_from_ids(input_ids, snr, attention_mask, generator)
+            z, used_snr = self.noisy_embeds_from_ids(input_ids, snr, attention_mask, generator, clean_mask=clean_mask)
             length = input_ids.shape[1]
         if length > self.config.max_position_embeddings:
             raise ValueError(
@@ -259,7 +274,11 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         state = load_safetensors_dir(folder)
         if mdlm_config.get("time_conditioning", False):
             logger.warning("This MDLM checkpoint was trained with time conditioning; DSL always feeds σ = 0.")
-        config = DSLConfig.from_preset(preset, **mdlm_to_dsl_config(mdlm_config, state), **config_kwargs)
+        fields = mdlm_to_dsl_config(mdlm_config, state)
+        clash = sorted(set(fields) & set(config_kwargs))
+        if clash:
+            raise ValueError(f"{clash} are read from the MDLM checkpoint and cannot be overridden")
+        config = DSLConfig.from_preset(preset, **fields, **config_kwargs)
         model = cls(config)
         mapped, vocab_embed = map_mdlm_state_dict(state, config.mask_token_id)
         expected = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}

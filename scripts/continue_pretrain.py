@@ -53,6 +53,12 @@ logger = logging.getLogger("continue_pretrain")
 
 SNR_FIELDS = ("snr_preset", "snr_granularity", "roar_type", "roar_prob", "snr_max", "lognormal_mu",
               "lognormal_sigma")
+# Fields --config_overrides may change on a loaded checkpoint: training-time settings only. The
+# others describe the weights (shapes, init) and would make the saved config disagree with them.
+TRAINING_FIELDS = SNR_FIELDS + ("snr_min", "roar_c", "snr_clip", "dropout")
+# LoRA on the DiT blocks' linears only: a plain name list like "mlp.0" also matches the constant
+# σ-embedder `backbone.sigma_map.mlp.0` (PEFT matches name suffixes).
+DEFAULT_LORA_TARGETS = r".*blocks\.\d+\.(attn_qkv|attn_out|mlp\.0|mlp\.2)"
 
 
 @dataclass
@@ -79,7 +85,10 @@ class ModelArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(
-        default="attn_qkv,attn_out,mlp.0,mlp.2", metadata={"help": "Comma-separated LoRA target module names."})
+        default=DEFAULT_LORA_TARGETS,
+        metadata={"help": "LoRA targets: a regular expression over full module names (PEFT full match) when it "
+                          "contains one of '*\\()|', else comma-separated module-name suffixes. Default: the "
+                          "attention and MLP linears of every DiT block."})
     lora_modules_to_save: str = field(
         default="converter", metadata={"help": "Comma-separated modules trained fully and stored in the adapter."})
     ema_decay: Optional[float] = field(
@@ -152,6 +161,13 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments) -> Non
     if model_args.use_lora and (model_args.train_converter_only or model_args.freeze_lm_head
                                 or model_args.freeze_embeddings):
         raise ValueError("--use_lora already freezes the base model; drop --train_converter_only / --freeze_*")
+    if model_args.use_lora and not model_args.model_name_or_path:
+        raise ValueError("--use_lora needs --model_name_or_path (a saved DSL checkpoint the adapter can be loaded "
+                         "onto); convert an MDLM checkpoint first with scripts/convert_checkpoint.py")
+    if not model_args.use_lora and model_args.lora_target_modules != DEFAULT_LORA_TARGETS:
+        raise ValueError("--lora_target_modules is only used with --use_lora")
+    if data_args.dataset_name and data_args.train_file:
+        raise ValueError("pass only one of --train_file and --dataset_name")
     if not data_args.dataset_name and not data_args.train_file:
         raise ValueError("pass --train_file or --dataset_name")
     if data_args.block_size < 3:
@@ -179,9 +195,11 @@ def build_model(model_args: ModelArguments, tokenizer) -> DSLForDiffusionLM:
         model = DSLForDiffusionLM.from_pretrained(model_args.model_name_or_path)
         snr = DSLConfig.preset_fields(model_args.snr_preset, model.config.vocab_size) if model_args.snr_preset else {}
         # Only the training-time SNR fields: β and the mask bias are already learned weights.
+        fixed = sorted(set(overrides) - set(TRAINING_FIELDS))
+        if fixed:
+            raise ValueError(f"--config_overrides can only change training-time fields {TRAINING_FIELDS} of a "
+                             f"loaded checkpoint, not {fixed}")
         for key, value in {**{k: v for k, v in snr.items() if k in SNR_FIELDS}, **overrides}.items():
-            if not hasattr(model.config, key):
-                raise ValueError(f"--config_overrides: DSLConfig has no field {key!r}")
             setattr(model.config, key, value)
         model.config.validate_fields()
     elif model_args.mdlm_checkpoint:
@@ -198,6 +216,16 @@ def build_model(model_args: ModelArguments, tokenizer) -> DSLForDiffusionLM:
     return model
 
 
+def lora_targets(spec: str):
+    """PEFT `target_modules`: a regex string (full match) if `spec` has regex characters, else a list."""
+    if any(ch in spec for ch in "*\\()|"):
+        return spec
+    targets = [m.strip() for m in spec.split(",") if m.strip()]
+    if not targets:
+        raise ValueError("--lora_target_modules names no module")
+    return targets
+
+
 def apply_training_mode(model, model_args: ModelArguments):
     """Freeze parameters or wrap with PEFT LoRA; returns the model to train."""
     if model_args.use_lora:
@@ -205,7 +233,7 @@ def apply_training_mode(model, model_args: ModelArguments):
 
         lora = LoraConfig(
             r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-            target_modules=[m.strip() for m in model_args.lora_target_modules.split(",") if m.strip()],
+            target_modules=lora_targets(model_args.lora_target_modules),
             modules_to_save=[m.strip() for m in model_args.lora_modules_to_save.split(",") if m.strip()] or None,
             task_type=None,
         )

@@ -179,3 +179,10 @@ def test_convert_checkpoint_script_writes_a_loadable_dsl_checkpoint(tmp_path, sh
     assert model.config.noise_dim == 16
     torch.testing.assert_close(model.backbone.blocks[1].mlp[0].weight, state["backbone.blocks.1.mlp.0.weight"])
     assert (out / "tokenizer.json").exists() and (out / "modeling_dsl.py").exists()
+
+
+def test_from_mdlm_refuses_overriding_fields_read_from_the_checkpoint(tmp_path):
+    write_mdlm_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="hidden_size"):
+        DSLForDiffusionLM.from_mdlm(str(tmp_path), hidden_size=64)
+    assert DSLForDiffusionLM.from_mdlm(str(tmp_path), noise_dim=12).config.noise_dim == 12

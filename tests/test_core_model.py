@@ -45,6 +45,15 @@ def test_default_snr_convention_mask_is_zero_visible_is_snr_max():
     z7, _ = model.noisy_embeds_from_ids(ids, snr=torch.tensor([7.0]), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.logits, model(noisy_embeds=z7).logits)
     assert out.snr.tolist() == [[7.0] * 4]
+    # clean_mask: those positions noise-free, the others exactly as without the mask
+    clean = torch.tensor([[True, False, False, True]])
+    zc, _ = model.noisy_embeds_from_ids(ids, snr=torch.tensor([7.0]), generator=torch.Generator().manual_seed(0),
+                                        clean_mask=clean)
+    torch.testing.assert_close(zc[0, 0], 7.0 * model.noise_embeddings()[1])
+    torch.testing.assert_close(zc[0, 2], z7[0, 2])
+    assert (z7[0, 0] - zc[0, 0]).abs().max() > 0.1
+    out_c = model(input_ids=ids, snr=torch.tensor([7.0]), clean_mask=clean, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out_c.logits, model(noisy_embeds=zc).logits)
 
 
 def test_loss_is_token_mean_ce_over_scored_non_pad_positions():
@@ -87,7 +96,9 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         model(input_ids=ids, noisy_embeds=torch.zeros(1, 4, 8))
     with pytest.raises(ValueError, match="noisy_embeds must have shape"):
         model(noisy_embeds=torch.zeros(1, 4, 7))
-    with pytest.raises(ValueError, match="snr is only used with input_ids"):
+    with pytest.raises(ValueError, match="clean_mask must have shape"):
+        model(input_ids=ids, clean_mask=torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="snr and clean_mask are only used with input_ids"):
         model(noisy_embeds=torch.zeros(1, 4, 8), snr=torch.ones(1, 4))
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(input_ids=torch.zeros(1, 65, dtype=torch.long))

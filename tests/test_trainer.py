@@ -202,8 +202,9 @@ def test_dsl_loss_equals_model_loss_and_prompt_tokens_stay_clean(tokenizer, bloc
     batch["prompt_mask"] = torch.zeros_like(batch["input_ids"])
     batch["prompt_mask"][:, :10] = 1  # prompt
     g = torch.Generator().manual_seed(3)
-    snr, weights, n_targets = trainer.corrupt_batch(batch, g)
+    snr, weights, n_targets, clean = trainer.corrupt_batch(batch, g)
     assert (snr[:, :10] == model.config.snr_max).all()
+    assert torch.equal(clean, batch["prompt_mask"].bool())  # prompt tokens are fed noise-free
     assert (snr[1, 50:] == 0).all() and (weights[1, 50:] == 0).all() and (weights[:, :10] == 0).all()
     assert n_targets == 4 * 54 - 14
     # the trainer's loss is the model's own token CE over the same targets with the same noise
@@ -212,14 +213,39 @@ def test_dsl_loss_equals_model_loss_and_prompt_tokens_stay_clean(tokenizer, bloc
         ours = trainer.compute_loss(model, batch)  # eval mode: the generator of eval batch 0
         trainer._eval_batch = 0
         g_eval = trainer.noise_generator(torch.device("cpu"), training=False)
-        snr_eval, _, _ = trainer.corrupt_batch(batch, g_eval)
+        snr_eval, _, _, clean_eval = trainer.corrupt_batch(batch, g_eval)
         labels = batch["input_ids"].masked_fill(batch["prompt_mask"].bool(), -100)
+        z, _ = model.noisy_embeds_from_ids(batch["input_ids"], snr_eval, generator=g_eval, clean_mask=clean_eval)
+        x = model.embed(batch["input_ids"])
+        torch.testing.assert_close(z[:, :10], model.config.snr_max * x[:, :10])  # no noise on the prompt
+        assert (z[:, 10:] - snr_eval[:, 10:, None] * x[:, 10:]).abs().amax() > 0.1  # noise elsewhere
+        trainer._eval_batch = 0
+        g_eval = trainer.noise_generator(torch.device("cpu"), training=False)
+        trainer.corrupt_batch(batch, g_eval)  # the same draws as compute_loss before its forward
         ref = model(input_ids=batch["input_ids"], snr=snr_eval, attention_mask=batch["attention_mask"],
-                    labels=labels, generator=g_eval).loss
+                    labels=labels, generator=g_eval, clean_mask=clean_eval).loss
     assert (snr_eval[:, :10] == model.config.snr_max).all()
     assert torch.allclose(ours, ref, atol=1e-5), (ours, ref)
     with pytest.raises(ValueError, match="objective"):
         DSLTrainer(model=model, args=targs(tmp_path), objective="ar")
+
+
+def test_padding_ids_outside_the_vocabulary_are_ignored_and_bad_targets_refused(tokenizer, blocks, tmp_path):
+    V = len(tokenizer)
+    model = tiny_model(V).eval()
+    trainer = DSLTrainer(model=model, args=targs(tmp_path), train_dataset=blocks[0])
+    batch = DSLDataCollator(0)([blocks[0][i] for i in range(2)])
+    batch["attention_mask"][1, 40:] = 0
+    with torch.no_grad():
+        trainer._eval_batch = 0
+        reference = trainer.compute_loss(model, batch)
+        batch["input_ids"][1, 40:] = V  # e.g. MDLM's [PAD] = 50257 = V
+        trainer._eval_batch = 0
+        assert torch.equal(trainer.compute_loss(model, batch), reference)
+        batch["input_ids"][0, 5] = V  # a target outside the vocabulary
+        trainer._eval_batch = 0
+        with pytest.raises(ValueError, match="outside the model's vocabulary"):
+            trainer.compute_loss(model, batch)
 
 
 def test_mdlm_objective_masks_with_loglinear_schedule_and_1_over_t_weights(tokenizer, blocks, tmp_path):
@@ -230,11 +256,16 @@ def test_mdlm_objective_masks_with_loglinear_schedule_and_1_over_t_weights(token
     assert torch.equal(torch.floor(u * 2000).long().sort().values, torch.arange(2000))
     frac = masked.float().mean(1)
     assert abs((frac - (1 - 1e-3) * t).mean().item()) < 0.005
+    # row by row (a constant or 1 − t mask rate would fail): binomial sd ≤ 0.0625 for L = 64
+    assert (frac - (1 - 1e-3) * t).abs().max().item() < 0.3
+    slope = torch.linalg.lstsq(torch.stack([t, torch.ones_like(t)], 1), frac[:, None]).solution[0].item()
+    assert abs(slope - (1 - 1e-3)) < 0.03
     model = tiny_model(len(tokenizer))
     trainer = DSLTrainer(model=model, args=targs(tmp_path), train_dataset=blocks[0], objective="mdlm")
     batch = DSLDataCollator(0)([blocks[0][i] for i in range(8)])
-    snr, weights, n_targets = trainer.corrupt_batch(batch, torch.Generator().manual_seed(1))
+    snr, weights, n_targets, clean = trainer.corrupt_batch(batch, torch.Generator().manual_seed(1))
     hidden = snr == 0
+    assert torch.equal(clean, ~hidden)  # MDLM's visible tokens are one-hot inputs: fed noise-free
     assert set(snr.unique().tolist()) <= {0.0, model.config.snr_max}
     assert ((weights > 0) == hidden).all() and n_targets == 8 * 64
     # per row the weight is 1/t with t recomputed from the same generator
@@ -444,6 +475,47 @@ def test_script_help_and_argument_errors(tok_dir, train_file, tmp_path):
     bad = run_script(script_args(tmp_path, tok_dir, train_file, "--config_overrides", TINY_OVERRIDES,
                                  "--objective", "ar", "--max_steps", "1"), timeout=120)
     assert bad.returncode != 0 and "--objective" in bad.stderr
+
+
+def load_script_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("continue_pretrain_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_argument_rules_and_default_lora_targets(tok_dir, train_file, tmp_path):
+    cp = load_script_module()
+    base = script_args(tmp_path / "out", tok_dir, train_file)
+
+    def check(*extra):
+        model_args, data_args, _ = cp.parse_args([*base, *extra])
+        cp.check_arguments(model_args, data_args)
+        return model_args
+
+    with pytest.raises(ValueError, match="--use_lora needs --model_name_or_path"):
+        check("--mdlm_checkpoint", str(tmp_path), "--use_lora")
+    with pytest.raises(ValueError, match="--lora_target_modules is only used with --use_lora"):
+        check("--config_overrides", TINY_OVERRIDES, "--lora_target_modules", "attn_qkv")
+    with pytest.raises(ValueError, match="only one of --train_file and --dataset_name"):
+        check("--config_overrides", TINY_OVERRIDES, "--dataset_name", "wikitext")
+    # a loaded checkpoint takes training-time overrides only
+    folder = tmp_path / "ckpt"
+    tiny_model(50).save_pretrained(folder)
+    args = check("--model_name_or_path", str(folder), "--config_overrides", "hidden_size=32")
+    with pytest.raises(ValueError, match="training-time fields"):
+        cp.build_model(args, tokenizer=list(range(50)))
+    args = check("--model_name_or_path", str(folder), "--config_overrides", "snr_max=80.0,dropout=0.0")
+    assert cp.build_model(args, tokenizer=list(range(50))).config.snr_max == 80.0
+    # the default LoRA targets are the blocks' linears, not the constant σ-embedder's MLP
+    args = check("--model_name_or_path", str(folder), "--use_lora")
+    peft_model = cp.apply_training_mode(tiny_model(50), args)
+    wrapped = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+    assert wrapped and all(".blocks." in n for n in wrapped), wrapped
+    assert len(wrapped) == 4 * TINY["num_hidden_layers"]
 
 
 @pytest.mark.slow

@@ -5,15 +5,17 @@ Per micro-batch, `compute_loss`
 1. draws a per-token SNR γ for every position from the model config's mixture (ROAR endpoints with
    probability 1/k, LogNormal otherwise) through `modeling_dsl.noise_dsl.SNRSampler` — the one
    sampler of the project;
-2. keeps prompt tokens of prompt/response rows clean (γ = γ_max, the DESIGN convention for visible
-   tokens) and gives padding γ = 0 (padding keys are never attended to);
-3. runs the model with `snr=`: spherical embedding → z = γx + √γ ε → converter → backbone;
+2. keeps prompt tokens of prompt/response rows clean — γ = γ_max and noise-free, z = γ_max·x,
+   exactly as the samplers feed a prompt — and gives padding γ = 0 (padding keys are never
+   attended to);
+3. runs the model with `snr=` and `clean_mask=`: spherical embedding → z = γx + √γ ε →
+   converter → backbone;
 4. takes the token-mean cross-entropy (nats) over every non-pad, non-prompt position.
 
 `objective="mdlm"` trains the masked-diffusion baseline with the same model, data and code: MDLM's
 log-linear schedule (eps = 1e-3), antithetic (stratified) t per row, each target token masked
-(γ = 0) with probability (1 − eps)·t, the rest visible (γ = γ_max); loss = Σ_masked CE/t divided by
-the number of target tokens, as MDLM reduces it (`reference/mdlm_remdm.md` §3).
+(γ = 0) with probability (1 − eps)·t, the rest visible (γ = γ_max, noise-free: MDLM's one-hot
+inputs); loss = Σ_masked CE/t divided by the number of target tokens, as MDLM reduces it.
 
 Noise is reproducible: each micro-batch gets a `torch.Generator` seeded from (`args.seed`,
 optimiser step, micro-batch index, process index), so a resumed run draws the same noise as an
@@ -90,6 +92,20 @@ def output_logits(outputs) -> torch.Tensor:
     if isinstance(outputs, dict):
         return outputs["logits"]
     return outputs[0]
+
+
+def target_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position CE (nats, fp32) of `input_ids` under `logits`, 0 where `targets` is False.
+
+    Non-target positions (padding, prompt) may hold ids outside the model's vocabulary (e.g. a
+    `[PAD]` id ≥ V); they are ignored, never indexed. A target id outside [0, V) is an error.
+    """
+    vocab = logits.shape[-1]
+    labels = input_ids.masked_fill(~targets, -100)
+    if bool(((labels >= vocab) | ((labels < 0) & (labels != -100))).any()):
+        raise ValueError(f"input_ids hold target token ids outside the model's vocabulary [0, {vocab})")
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
+    return per_token.view(input_ids.shape)
 
 
 def seed_from(*parts: int) -> int:
@@ -326,10 +342,12 @@ class DSLTrainer(Trainer):
         return input_ids, valid, prompt, model_mask
 
     def corrupt_batch(self, inputs, generator: torch.Generator):
-        """SNRs and loss weights for one batch under the trainer's objective.
+        """SNRs, loss weights and noise-free positions for one batch under the trainer's objective.
 
-        Returns (snr (B, L) fp32, weights (B, L) fp32 — 0 where a position does not count, the
-        number of target tokens the loss is divided by).
+        Returns (snr (B, L) fp32; weights (B, L) fp32, 0 where a position does not count; the
+        number of target tokens the loss is divided by; clean (B, L) bool, positions fed
+        noise-free, z = γ_max·x: prompt tokens, and MDLM's visible tokens, exactly as the samplers
+        feed them at inference).
         """
         input_ids, valid, prompt, _ = self._masks(inputs)
         batch, length = input_ids.shape
@@ -339,25 +357,26 @@ class DSLTrainer(Trainer):
         if self.objective == "dsl":
             snr = self.snr_sampler.sample(batch, length, generator=generator, device=device)
             weights = targets.float()
+            clean = prompt
         else:
             t, masked = mdlm_masking(batch, length, generator, device, self.mdlm_eps)
             masked = masked & targets
             snr = torch.where(masked, torch.zeros((), device=device), torch.full((), snr_max, device=device))
             weights = masked.float() / t[:, None]
+            clean = valid & ~masked
         snr = torch.where(prompt, torch.full_like(snr, snr_max), snr)
         snr = torch.where(valid, snr, torch.zeros_like(snr))
-        return snr, weights, targets.sum()
+        return snr, weights, targets.sum(), clean
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Algorithm 1 (or the MDLM objective) on one micro-batch; a token mean in nats."""
         input_ids, valid, prompt, model_mask = self._masks(inputs)
         generator = self.noise_generator(input_ids.device, training=model.training)
-        snr, weights, n_targets = self.corrupt_batch(inputs, generator)
-        outputs = model(input_ids=input_ids, snr=snr, attention_mask=model_mask, generator=generator)
-        logits = output_logits(outputs)
-        per_token = F.cross_entropy(logits.float().flatten(0, 1), input_ids.flatten(), reduction="none")
-        per_token = per_token.view(input_ids.shape)
+        snr, weights, n_targets, clean = self.corrupt_batch(inputs, generator)
+        outputs = model(input_ids=input_ids, snr=snr, attention_mask=model_mask, generator=generator,
+                        clean_mask=clean)
+        per_token = target_cross_entropy(output_logits(outputs), input_ids, weights > 0)
         loss = (per_token * weights).sum() / n_targets.clamp(min=1)
         if model.training:
             self._accumulate_buckets(per_token.detach(), snr, weights > 0)
@@ -433,9 +452,9 @@ class DSLTrainer(Trainer):
                 generator.manual_seed(seed_from(self.args.seed, 2, b, i, self.args.process_index))
                 with self.compute_loss_context_manager():
                     logits = output_logits(model(input_ids=input_ids, snr=snr, attention_mask=model_mask,
-                                                 generator=generator)).float()
-                ce = F.cross_entropy(logits.flatten(0, 1), input_ids.flatten(), reduction="none").view(input_ids.shape)
-                ce_sum[i] += (ce * targets).sum()
+                                                 generator=generator, clean_mask=prompt)).float()
+                ce = target_cross_entropy(logits, input_ids, targets)
+                ce_sum[i] += ce.sum()
                 hit_sum[i] += ((logits.argmax(-1) == input_ids) & targets).sum()
         if self.args.world_size > 1:
             ce_sum, hit_sum, count = (self.accelerator.reduce(t, "sum") for t in (ce_sum, hit_sum, count))
