@@ -25,6 +25,7 @@ from .configuration_dsl import DSLConfig
 from .converter_dsl import SoftmaxConverter, SphericalEmbedding
 from .generation_dsl import DSLGenerationConfig, DSLGenerationMixin
 from .noise_dsl import corrupt
+from .sampling_dsl import posterior_mean
 
 logger = logging.getLogger(__name__)
 
@@ -294,19 +295,6 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             raise ValueError("MDLM checkpoint has no backbone.vocab_embed.embedding to initialise the converter")
         model.converter.init_from_embedding(vocab_embed, vocab_embed[config.mask_token_id])
         return model
-
-
-def posterior_mean(logits: torch.Tensor, embeddings: torch.Tensor, top_k: Optional[int] = None) -> torch.Tensor:
-    """Σ_v softmax(logits)_v e_v in fp32, optionally over the top-k tokens only. (..., V) → (..., d)."""
-    logits = logits.float()
-    embeddings = embeddings.float()
-    if top_k is None or top_k >= logits.shape[-1]:
-        return torch.softmax(logits, dim=-1) @ embeddings
-    if top_k < 1:
-        raise ValueError(f"posterior_top_k must be >= 1, got {top_k}")
-    values, index = logits.topk(top_k, dim=-1)
-    probs = torch.softmax(values, dim=-1)  # renormalised over the kept tokens
-    return (probs.unsqueeze(-1) * embeddings[index]).sum(dim=-2)
 
 
 # --------------------------------------------------------------------------- MDLM checkpoint I/O

@@ -40,21 +40,26 @@ def corrupt(
     snr = snr.expand(x.shape[:-1]).unsqueeze(-1)  # (..., 1)
     z = snr * x
     if noise:
-        eps = randn_like(x, generator)
+        eps = randn(x.shape, generator, x.device)
         z = z + snr.sqrt() * eps
     return z
 
 
-def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn on the generator's device and moved to x's."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x.device)
-
-
-def rand(shape, generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
-    """U(0, 1) draws in fp32, on the generator's device, then moved to `device`."""
+def randn(shape, generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """N(0, 1) draws, made on the generator's device (so one CPU generator drives CUDA runs
+    reproducibly) and moved to `device`."""
     gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+    return torch.randn(_as_shape(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def rand(shape, generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """U(0, 1) draws, made on the generator's device and moved to `device` (see `randn`)."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(_as_shape(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def _as_shape(shape) -> tuple:
+    return (shape,) if isinstance(shape, int) else tuple(shape)
 
 
 # ----------------------------------------------------------------------------- Bayes oracle
@@ -134,8 +139,7 @@ class SNRSampler:
 
     def lognormal(self, shape, generator=None, device=None) -> torch.Tensor:
         """ln γ ~ N(μ, σ²), optionally clipped to [snr_min, snr_max]."""
-        gen_device = generator.device if generator is not None else device
-        normal = torch.randn(shape, generator=generator, device=gen_device).to(device)
+        normal = randn(shape, generator, device)
         snr = torch.exp(self.mu + self.sigma * normal)
         return snr.clamp(self.snr_min, self.snr_max) if self.clip else snr
 

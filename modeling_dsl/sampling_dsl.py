@@ -51,7 +51,7 @@ from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 
-from .noise_dsl import snr_schedule
+from .noise_dsl import rand, randn, snr_schedule
 
 GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 
@@ -216,10 +216,8 @@ class RowRNG:
         return torch.float64 if kind == "uniform" else torch.float32
 
     def _draw(self, kind: str, shape, gen, dtype):
-        dtype = self._dtype(kind, dtype)
-        device = gen.device if gen is not None else self.device
-        fn = torch.rand if kind == "uniform" else torch.randn
-        return fn(tuple(shape), generator=gen, device=device, dtype=dtype).to(self.device)
+        draw = rand if kind == "uniform" else randn
+        return draw(shape, gen, self.device, self._dtype(kind, dtype))
 
     def rows(self, kind: str, per_row_shape, dtype=None) -> torch.Tensor:
         """(B, *per_row_shape) draws; kind 'uniform' (default float64) or 'normal' (float32)."""
@@ -444,15 +442,16 @@ def _check_draw_args(temperature, top_p, top_k, diagnostics_p, positive_temperat
 
 
 def posterior_mean(logits: torch.Tensor, embeddings: torch.Tensor, top_k: Optional[int] = None) -> torch.Tensor:
-    """x̂ = Σ_v softmax(logits)_v E[v] in fp32; with `top_k`, softmax(top-k values) @ E[top-k]
-    (renormalised over the kept tokens; no (N, V) scatter). (N, V) → (N, d)."""
+    """x̂ = Σ_v softmax(logits)_v E[v] in fp32, (..., V) → (..., d). With `top_k`, only the k most
+    likely tokens, renormalised (softmax of the top values @ E[top]; no (..., V) scatter)."""
     logits = logits.float()
     embeddings = embeddings.float()
     if top_k is None or top_k >= logits.shape[-1]:
         return torch.softmax(logits, dim=-1) @ embeddings
+    _check_int("posterior_top_k", top_k, 1)
     values, top = logits.topk(top_k, dim=-1)
-    weights = torch.softmax(values, dim=-1)  # (N, k)
-    return torch.einsum("nk,nkd->nd", weights, embeddings[top])
+    weights = torch.softmax(values, dim=-1)  # (..., k)
+    return (weights.unsqueeze(-1) * embeddings[top]).sum(dim=-2)
 
 
 # ============================================================================ SDE

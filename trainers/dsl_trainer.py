@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from modeling_dsl.noise_dsl import SNRSampler
+from modeling_dsl.noise_dsl import SNRSampler, rand
 
 from .data import DSLDataCollator
 
@@ -78,11 +78,10 @@ def mdlm_masking(batch_size: int, seq_len: int, generator: Optional[torch.Genera
     """
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps must be in (0, 1), got {eps}")
-    gen_device = generator.device if generator is not None else device
-    r = torch.rand(batch_size, generator=generator, device=gen_device).to(device)
+    r = rand(batch_size, generator, device)
     u = (r + torch.arange(batch_size, device=device, dtype=torch.float32)) / batch_size
     t = (1.0 - eps) * u + eps
-    draw = torch.rand((batch_size, seq_len), generator=generator, device=gen_device).to(device)
+    draw = rand((batch_size, seq_len), generator, device)
     return t, draw < ((1.0 - eps) * t)[:, None]
 
 
