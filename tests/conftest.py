@@ -65,3 +65,42 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- tiny models
+# The one factory of tiny models for every test file (`from conftest import tiny_config, tiny_model`).
+TINY = dict(vocab_size=50, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, cond_dim=16,
+            max_position_embeddings=64, noise_dim=8, dropout=0.0)
+
+
+def tiny_config(**overrides):
+    """A tiny `DSLConfig` (V = 50, D = 32, 2 layers, d = 8); the mask id follows `vocab_size`
+    (the converter's extra slot) unless given."""
+    from modeling_dsl import DSLConfig
+
+    fields = dict(TINY)
+    fields.update(overrides)
+    fields.setdefault("mask_token_id", fields["vocab_size"])
+    return DSLConfig(**fields)
+
+
+def tiny_model(seed=0, weight_std=None, **overrides):
+    """A tiny `DSLForDiffusionLM` in eval mode, built under `torch.manual_seed(seed)`.
+
+    `weight_std=None` keeps the model's own init (MDLM starts adaLN and the head at zero, so every
+    logit is equal); a float re-draws every parameter but the converter's β and logit bias as
+    N(0, std²) (norm weights 1 + N(0, std²)), so p_θ is far from uniform and far from one-hot.
+    """
+    import torch
+
+    from modeling_dsl import DSLForDiffusionLM
+
+    torch.manual_seed(seed)
+    model = DSLForDiffusionLM(tiny_config(**overrides))
+    if weight_std is not None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in ("converter.beta", "converter.logit_bias"):
+                    continue
+                p.copy_(torch.randn_like(p) * weight_std + (1.0 if "norm" in name else 0.0))
+    return model.eval()
