@@ -179,28 +179,51 @@ SNR_SCHEDULES = ("geometric", "linear", "sensitive")
 
 
 def snr_schedule(kind: str, steps: int, snr_min: float, snr_max: float) -> torch.Tensor:
-    """Increasing SNR grid γ_0 < … < γ_steps (steps + 1 points, float64) for SDE sampling.
+    """Increasing SNR grid γ_0 < … < γ_S (float64) for SDE sampling, S = `steps` intervals.
 
-    "geometric": log-linear from snr_min to snr_max. "linear": evenly spaced.
-    "sensitive" (DSL-LLaDA): three log-linear pieces snr_min→7 (5 % of the steps), 7→74 (90 %),
-    74→snr_max (the rest); it spends the steps where the converter's output changes most. With
-    few steps the last piece is empty and the grid ends at 74, as in the reference code.
+    "geometric": S + 1 log-linear points from snr_min to snr_max. "linear": evenly spaced.
+    "sensitive" (DSL-LLaDA's summarization schedule, reference llada_dsl.md §5.5): three
+    log-linear pieces snr_min → 7 (n1 = max(1, ⌊0.05S⌋) intervals), 7 → 74 (n2 = max(1, ⌊0.9S⌋))
+    and 74 → snr_max (n3 = S − n1 − n2), which spends the steps where the converter's output
+    changes most. When n3 = 0 (S ≤ 10) the grid ends at 74, as in the reference code. It needs
+    S ≥ 2 and snr_min < 7 < 74 < snr_max; anything else raises instead of silently falling back
+    to another grid.
     """
     if kind not in SNR_SCHEDULES:
         raise ValueError(f"snr_schedule must be one of {SNR_SCHEDULES}, got {kind!r}")
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not 0 < snr_min < snr_max:
         raise ValueError(f"need 0 < snr_min < snr_max, got snr_min={snr_min}, snr_max={snr_max}")
     if kind == "linear":
         return torch.linspace(snr_min, snr_max, steps + 1, dtype=torch.float64)
-    if kind == "geometric" or steps < 3 or not snr_min < 7.0 < 74.0 < snr_max:
-        return torch.logspace(math.log10(snr_min), math.log10(snr_max), steps + 1, dtype=torch.float64)
+    if kind == "geometric":
+        return _loglinear(snr_min, snr_max, steps)
+    return _sensitive_schedule(steps, snr_min, snr_max)
+
+
+SENSITIVE_KNOTS = (7.0, 74.0)  # DSL-LLaDA's 'sensitive' schedule knots (llada_dsl.md §5.5)
+
+
+def _loglinear(start: float, end: float, intervals: int) -> torch.Tensor:
+    return torch.logspace(math.log10(start), math.log10(end), intervals + 1, dtype=torch.float64)
+
+
+def _sensitive_schedule(steps: int, snr_min: float, snr_max: float) -> torch.Tensor:
+    low, high = SENSITIVE_KNOTS
+    if not snr_min < low:
+        raise ValueError(f"snr_schedule='sensitive' needs snr_min < {low}, got snr_min={snr_min}")
+    if not snr_max > high:
+        raise ValueError(
+            f"snr_schedule='sensitive' needs snr_max > {high} (its pieces are snr_min→{low}→{high}→snr_max), "
+            f"got snr_max={snr_max}; use snr_schedule='geometric' or raise snr_max"
+        )
+    if steps < 2:
+        raise ValueError(f"snr_schedule='sensitive' needs steps >= 2 (n1 = n2 = 1), got steps={steps}")
     n1 = max(1, int(0.05 * steps))
     n2 = max(1, int(0.9 * steps))
     n3 = steps - n1 - n2
-    pieces = [torch.logspace(math.log10(snr_min), math.log10(7.0), n1 + 1, dtype=torch.float64)]
-    pieces.append(torch.logspace(math.log10(7.0), math.log10(74.0), n2 + 1, dtype=torch.float64)[1:])
+    pieces = [_loglinear(snr_min, low, n1), _loglinear(low, high, n2)[1:]]
     if n3 > 0:
-        pieces.append(torch.logspace(math.log10(74.0), math.log10(snr_max), n3 + 1, dtype=torch.float64)[1:])
+        pieces.append(_loglinear(high, snr_max, n3)[1:])
     return torch.cat(pieces)

@@ -36,13 +36,35 @@ Samplers (each returns a [`SamplerOutput`] with tokens and per-step diagnostics)
 
 Diagnostics (paper §7.4), each a (steps, B) tensor of per-row values, NaN where a row had
 nothing to measure at that step:
-    u_t   mean uncertainty 1 − max_v p(v) over the positions evaluated at the step
-    H_t   mean entropy (nats) of those distributions
+    u_t   mean uncertainty 1 − max_v p(v)
+    H_t   mean entropy (nats) of p
     k_t   mean nucleus size: tokens needed to cover `diagnostics_p` (0.9) of the mass
-    r_t   remask ratio: generated positions remasked / generated positions visible before the step
-    Δ_t   change rate: generated positions whose state (token or mask) changed / generated positions
-and `rewrites` (B, L): how often each position's token was replaced by a different token after it
-was first set (SDE: how often the running argmax changed).
+    r_t   remask ratio: generated positions remasked at the step / a denominator (below)
+    Δ_t   change rate: generated positions whose state (token or mask) changed / G
+and `rewrites` (B, L): how often each position's token was replaced by a different token after
+it was first set (mask → token commitments are not counted; a token remasked and redrawn as a
+different token counts once; SDE: how often the running argmax changed). This is the reading of
+Eq. 25 under which the paper's Table 5 counts are below 1 at T = 128: they count ReMDM-loop's
+remask-and-redraw events only, ≈ (0.5·T loop steps)·α_on·η_cap per token.
+
+`diagnostics_positions` chooses the normalisation, G being a row's number of generated positions
+(= L for unconditional generation):
+    "evaluated" (default): u_t, H_t, k_t average over the positions whose distribution the step
+        evaluated to draw from (masked samplers: the positions drawn at that step; SDE and
+        correct: every generated position); r_t divides by the generated positions visible
+        before the step. Cheap: no extra network evaluations.
+    "all" (the paper's §7.4 / Eq. 25 normalisation): u_t, H_t, k_t average over all G generated
+        positions and r_t divides by G. Masked samplers then evaluate p_θ at every generated
+        position every step; a step that needs no network call for sampling gets one for the
+        diagnostics, which is not counted in `nfe`.
+
+Callback protocol: a sampler given `callback` calls `callback(step, draft, masked, permanent)`
+after every step, with `step` the step number (0-based, counted over the whole run), `draft`
+(B, L) long the current tokens (fixed positions as given, still-masked generated positions
+holding the mask id; SDE: the running argmax), `masked` (B, L) bool the generated positions
+still masked, and `permanent` True when committed tokens are never revised afterwards
+(low_confidence, roar), so a streamer may emit every committed token left of the first masked
+position.
 """
 
 import math
@@ -57,13 +79,16 @@ GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 
 REMDM_MODES = ("cap", "rescale", "conf", "loop")
 
-# η_cap(T) of the DSL paper for ReMDM at step budget T. The paper is inconsistent at T = 1024
-# (0.002 in §6.1 and Table 4, 0.004 in Eq. 24) and at T = 512 (0.007 in §6.1 / Eq. 24, 0.008 in
-# Tables 4-5). We use 0.007 and 0.002: the §6.1 values, which for T = 1024 is also what the table
-# of reported runs lists (two of three sources agree).
-ETA_CAP_TABLE = {128: 0.010, 256: 0.008, 512: 0.007, 1024: 0.002}
-# Official ReMDM OWT defaults for the other modes.
+# η_cap(T) for ReMDM at step budget T: the DSL paper's Eq. 24, the values "as used in our logs".
+# Table 5's rewrite counts confirm them: (0.5·T loop steps)·α_on·η_cap = 0.58 / 0.92 / 1.61 / 1.84
+# against the reported 0.580 / 0.925 / 1.611 / 1.849 (reproduced by tests/test_sampling_protocol.py).
+# §6.1 and Table 4 print 0.002 at T = 1024, which would remask half as much as the logged runs.
+ETA_CAP_TABLE = {128: 0.010, 256: 0.008, 512: 0.007, 1024: 0.004}
+# Official ReMDM OWT default of the rescale mode (reference mdlm_remdm.md).
 ETA_RESCALE_DEFAULT = 0.015
+
+# Which positions u_t, H_t, k_t average over and what r_t divides by (see the module docstring).
+DIAGNOSTIC_POSITIONS = ("evaluated", "all")
 
 
 def eta_cap_default(steps: int) -> float:
@@ -105,18 +130,37 @@ class Denoiser:
         self.mask_token_id = self.vocab_size if mask_token_id is None else int(mask_token_id)
 
     @classmethod
-    def from_model(cls, model, attention_mask: Optional[torch.Tensor] = None) -> "Denoiser":
-        """Wrap a `DSLForDiffusionLM`: features = hidden states, head = the per-position LM head."""
+    def from_model(cls, model, attention_mask: Optional[torch.Tensor] = None, *, visible_snr: Optional[float] = None,
+                   beta: Optional[float] = None, beta_scale: float = 1.0) -> "Denoiser":
+        """Wrap a `DSLForDiffusionLM`: features = hidden states, head = the per-position LM head.
+
+        Args:
+            attention_mask: (B, L) key-padding mask (1 = real token), or None.
+            visible_snr: SNR of visible (prompt / committed) tokens, z = visible_snr·E[t];
+                None → `model.config.effective_visible_snr`.
+            beta: the converter's β at inference (the weights are not touched); None keeps the
+                learned β.
+            beta_scale: β_inf = beta_scale · β_learned (DSL-LLaDA decodes with 2×); 1.0 = no
+                change. Give at most one of `beta` and `beta_scale`.
+        """
+        _check_num("visible_snr", visible_snr, 0.0, low_open=True, optional=True)
+        _check_num("beta", beta, 0.0, low_open=True, optional=True)
+        _check_num("beta_scale", beta_scale, 0.0, low_open=True)
+        if beta is not None and beta_scale != 1.0:
+            raise ValueError(f"give beta or beta_scale, not both (got beta={beta}, beta_scale={beta_scale})")
+        if beta_scale != 1.0:
+            beta = beta_scale * float(model.converter.beta.detach().float().reshape(-1)[0])
+        converter_kwargs = {} if beta is None else {"beta": beta}
         mask = attention_mask
 
         def features(z):
             m = mask
             if m is not None and m.shape[0] != z.shape[0]:  # e.g. CFG doubles the batch
                 m = m.repeat(z.shape[0] // m.shape[0], 1)
-            return model.hidden_states(z, m)
+            return model.hidden_states(z, m, **converter_kwargs)
 
-        return cls(features, model.logits_from_hidden, model.noise_embeddings(), model.config.snr_max,
-                   model.config.mask_token_id)
+        snr = model.config.effective_visible_snr if visible_snr is None else visible_snr
+        return cls(features, model.logits_from_hidden, model.noise_embeddings(), snr, model.config.mask_token_id)
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
         return self.features_fn(z)
@@ -280,10 +324,26 @@ class _Trace:
 
     NAMES = ("u_t", "H_t", "k_t", "r_t", "delta_t")
 
-    def __init__(self, enabled: bool, index: _GenIndex, nucleus_p: float = 0.9):
+    def __init__(self, enabled: bool, index: _GenIndex, nucleus_p: float = 0.9, positions: str = "evaluated",
+                 initial_tokens: Optional[torch.Tensor] = None):
+        if positions not in DIAGNOSTIC_POSITIONS:
+            raise ValueError(f"diagnostics_positions must be one of {DIAGNOSTIC_POSITIONS}, got {positions!r}")
         self.enabled, self.index, self.nucleus_p = enabled, index, nucleus_p
+        self.evaluate_all = enabled and positions == "all"
         self.steps = {name: [] for name in self.NAMES}
         self.rewrites = torch.zeros(index.n, dtype=torch.long, device=index.rows.device) if enabled else None
+        # last token each generated position held (−1: never set), for `rewrites`
+        self.last = initial_tokens.clone() if enabled and initial_tokens is not None else None
+
+    def rewritten(self, sel: torch.Tensor, drawn: torch.Tensor) -> Optional[torch.Tensor]:
+        """(N,) bool: flat positions `sel` whose new token `drawn` replaces a different earlier one."""
+        if not self.enabled or self.last is None:
+            return None
+        previous = self.last[sel]
+        out = torch.zeros(self.index.n, dtype=torch.bool, device=sel.device)
+        out[sel] = (previous >= 0) & (drawn != previous)
+        self.last[sel] = drawn
+        return out
 
     def record(self, probs: Optional[torch.Tensor], prob_rows: Optional[torch.Tensor],
                remasked: Optional[torch.Tensor] = None, visible_before: Optional[torch.Tensor] = None,
@@ -302,8 +362,8 @@ class _Trace:
             for name in ("u_t", "H_t", "k_t"):
                 self.steps[name].append(nan)
         if remasked is not None and visible_before is not None:
-            vis = idx.per_row_sum(visible_before)
-            self.steps["r_t"].append(torch.where(vis > 0, idx.per_row_sum(remasked) / vis.clamp_min(1), nan))
+            denominator = idx.row_count if self.evaluate_all else idx.per_row_sum(visible_before)
+            self.steps["r_t"].append(torch.where(denominator > 0, idx.per_row_sum(remasked) / denominator.clamp_min(1), nan))
         else:
             self.steps["r_t"].append(torch.zeros(idx.batch, device=idx.rows.device))
         if changed is not None:
@@ -324,6 +384,99 @@ class _Trace:
         rewrites[idx.rows, idx.cols] = self.rewrites
         out["rewrites"] = rewrites
         return out
+
+
+class _Draft:
+    """Discrete decoding state shared by the masked samplers (remdm, low_confidence, roar).
+
+    Every generated position holds a token or the mask (`flat`, `is_masked`: (N,), row-major over
+    the generated positions); every other position holds its given token, visible. The network
+    runs at most once per state (`logits` caches the features until `commit` or `remask` changes
+    the state) and `nfe` counts those runs. With `cfg_scale` w > 0 each run also evaluates the
+    unconditional state (fixed positions masked) and logits are u + (w + 1)(c − u) (LLaDA's CFG,
+    2 NFE).
+    """
+
+    def __init__(self, den: Denoiser, tokens: torch.Tensor, generate_mask: torch.Tensor,
+                 masked: Optional[torch.Tensor] = None, cfg_scale: float = 0.0):
+        self.den, self.base, self.cfg_scale = den, tokens, cfg_scale
+        self.index = idx = _GenIndex(generate_mask)
+        if masked is None:
+            self.is_masked = torch.ones(idx.n, dtype=torch.bool, device=tokens.device)
+        else:
+            self.is_masked = masked[idx.rows, idx.cols].bool().clone()
+        self.flat = tokens[idx.rows, idx.cols].masked_fill(self.is_masked, den.mask_token_id)
+        self.features, self.counted, self.nfe = None, False, 0
+
+    def tokens(self) -> torch.Tensor:
+        """(B, L) the draft: given tokens, committed tokens, the mask id at masked positions."""
+        out = self.base.clone()
+        out[self.index.rows, self.index.cols] = self.flat
+        return out
+
+    def masked(self) -> torch.Tensor:
+        """(B, L) bool, the generated positions still masked."""
+        out = torch.zeros_like(self.index.mask)
+        out[self.index.rows, self.index.cols] = self.is_masked
+        return out
+
+    def z(self, condition: bool = True) -> torch.Tensor:
+        """Noise-space state: visible tokens at the denoiser's visible SNR, masks at z = 0
+        (`condition=False`: the fixed positions masked too, for CFG)."""
+        visible = ~self.index.mask if condition else torch.zeros_like(self.index.mask)
+        visible = visible.clone()
+        visible[self.index.rows, self.index.cols] = ~self.is_masked
+        return self.den.draft_embeds(self.tokens(), visible)
+
+    def logits(self, flat: torch.Tensor, diagnostic: bool = False) -> torch.Tensor:
+        """fp32 logits (n, V) of p_θ at flat generated positions `flat` for the current state.
+        `diagnostic=True` does not count a network run made only for it."""
+        if self.features is None:
+            z = self.z()
+            self.features = self.den.features(torch.cat([z, self.z(False)]) if self.cfg_scale > 0 else z)
+            self.counted = False
+        if not diagnostic and not self.counted:
+            self.nfe += 2 if self.cfg_scale > 0 else 1
+            self.counted = True
+        rows, cols = self.index.rows[flat], self.index.cols[flat]
+        if self.cfg_scale <= 0:
+            return self.den.logits(self.features[rows, cols])
+        batch = self.index.batch
+        cond = self.den.logits(self.features[:batch][rows, cols])
+        uncond = self.den.logits(self.features[batch:][rows, cols])
+        return uncond + (self.cfg_scale + 1.0) * (cond - uncond)
+
+    def commit(self, flat: torch.Tensor, drawn: torch.Tensor) -> None:
+        """Set tokens `drawn` at flat generated positions `flat` (now visible)."""
+        self.flat = self.flat.index_put((flat,), drawn)
+        self.is_masked = self.is_masked.index_put((flat,), torch.zeros_like(flat, dtype=torch.bool))
+        self.features = None
+
+    def remask(self, flags: torch.Tensor) -> None:
+        """Mask the flat generated positions where `flags` (N,) is True."""
+        self.is_masked = self.is_masked | flags
+        self.flat = self.flat.masked_fill(flags, self.den.mask_token_id)
+        self.features = None
+
+    def visible_tokens(self) -> torch.Tensor:
+        """(N,) the current token of every generated position, −1 where masked."""
+        return self.flat.masked_fill(self.is_masked, -1)
+
+    def emit(self, callback: Optional[Callable], step: int, permanent: bool) -> None:
+        if callback is not None:
+            callback(step, self.tokens(), self.masked(), permanent)
+
+    def output(self, trace: _Trace, **extra) -> SamplerOutput:
+        return SamplerOutput(self.tokens(), trace.result(), self.nfe, extra={"masked": self.masked(), **extra})
+
+    def diagnostic_probs(self, trace: _Trace, probs: Optional[torch.Tensor], sel: Optional[torch.Tensor],
+                         to_probs: Callable):
+        """(probs, flat rows) that a step's u_t, H_t, k_t describe: the positions drawn from, or
+        with `diagnostics_positions="all"` every generated position (`to_probs` maps logits)."""
+        if not trace.evaluate_all:
+            return probs, None if sel is None else self.index.rows[sel]
+        every = torch.arange(self.index.n, device=self.flat.device)
+        return to_probs(self.logits(every, diagnostic=True)), self.index.rows
 
 
 def merge_diagnostics(*parts: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -470,6 +623,7 @@ def sde(
     generator: GeneratorArg = None,
     diagnostics: bool = False,
     diagnostics_p: float = 0.9,
+    diagnostics_positions: str = "evaluated",
     callback: Optional[Callable] = None,
     progress: bool = False,
 ) -> SamplerOutput:
@@ -525,7 +679,7 @@ def sde(
         z[index.rows, index.cols] = z_init[index.rows, index.cols].float()
     steps = path.shape[1] - 1
     rng = RowRNG(generator, batch, device)
-    trace = _Trace(diagnostics, index, diagnostics_p)
+    trace = _Trace(diagnostics, index, diagnostics_p, diagnostics_positions)  # every generated position is evaluated
     emb = den.embeddings.to(device)
     nfe = 0
     last_argmax = None
@@ -655,13 +809,48 @@ def _remdm_row_rates(mode: str, t: torch.Tensor, dt: torch.Tensor, eta: float, t
     return sigma, (a_s - (1 - unmask_sigma) * a_t) / (1 - a_t)
 
 
+def _check_remdm_args(mode: str, eta: Optional[float], steps: int, t_on: float, t_off: float, alpha_on: float,
+                      eps: float) -> float:
+    """Validate ReMDM's arguments; returns η (its default when None)."""
+    if mode not in ("mdlm",) + REMDM_MODES:
+        raise ValueError(f"remdm_mode must be one of {REMDM_MODES} (or 'mdlm'), got {mode!r}")
+    if eta is None:
+        eta = {"cap": eta_cap_default(steps), "loop": eta_cap_default(steps), "rescale": ETA_RESCALE_DEFAULT}.get(mode, 0.0)
+    _check_num("eta", eta, 0.0, 1.0)
+    if mode == "loop":
+        if not 0.0 <= t_off < t_on <= 1.0:
+            raise ValueError(f"need 0 <= t_off < t_on <= 1, got t_off={t_off}, t_on={t_on}")
+        if not 0.0 < alpha_on < 1.0:
+            raise ValueError(f"alpha_on must be in (0, 1), got {alpha_on}")
+        if eta * alpha_on / (1 - alpha_on) > 1.0:
+            raise ValueError(f"eta={eta} too large for alpha_on={alpha_on}: need eta <= (1 - alpha_on)/alpha_on")
+    _check_num("eps", eps, 0.0, 1.0, low_open=True, high_open=True)
+    return eta
+
+
+def _start_times(t_start, batch: int, eps: float, device) -> torch.Tensor:
+    """Per-row start times (B,) float64 in (eps, 1] from a float or a (B,) / (1,) tensor."""
+    if isinstance(t_start, torch.Tensor):
+        rows = t_start.to(device=device, dtype=torch.float64).reshape(-1)
+        if rows.numel() == 1:
+            rows = rows.expand(batch)
+        if rows.numel() != batch:
+            raise ValueError(f"t_start: got {rows.numel()} start times for a batch of {batch}")
+    else:
+        _check_num("t_start", t_start, 0.0, 1.0)
+        rows = torch.full((batch,), float(t_start), dtype=torch.float64, device=device)
+    if batch and not bool(((rows > eps) & (rows <= 1.0)).all()):
+        raise ValueError(f"t_start must be in (eps={eps}, 1], got {rows.tolist()}")
+    return rows
+
+
 def remdm(
     denoiser,
     tokens: torch.Tensor,
     generate_mask: torch.Tensor,
     *,
     steps: int,
-    mode: str = "cap",
+    mode: str = "loop",
     eta: Optional[float] = None,
     t_on: float = 0.55,
     t_off: float = 0.05,
@@ -677,6 +866,7 @@ def remdm(
     generator: GeneratorArg = None,
     diagnostics: bool = False,
     diagnostics_p: float = 0.9,
+    diagnostics_positions: str = "evaluated",
     callback: Optional[Callable] = None,
     progress: bool = False,
 ) -> SamplerOutput:
@@ -693,9 +883,11 @@ def remdm(
 
     Args:
         steps: T.
-        mode: "mdlm", "cap", "rescale", "conf" or "loop".
-        eta: η; None → η_cap(T) (paper) for cap and loop, 0.015 for rescale; unused by conf.
-        t_on, t_off, alpha_on: loop phases (official: 0.55, 0.05, 0.9).
+        mode: "loop" (default: the DSL paper's ReMDM rows, Tables 4–5, use ReMDM-loop with
+            η_cap(T)), "cap", "rescale", "conf" (the official ReMDM modes) or "mdlm".
+        eta: η; None → η_cap(T) of the paper's Eq. 24 for cap and loop, 0.015 for rescale;
+            unused by conf.
+        t_on, t_off, alpha_on: loop phases (official ReMDM: 0.55, 0.05, 0.9).
         t_start: start time, a float or a (B,) tensor of per-row start times in (eps, 1]; a
             partly masked draft with masked fraction m matches t_start = m (α_t = 1 − t is the
             expected visible fraction), as the hybrid sampler uses it.
@@ -709,135 +901,72 @@ def remdm(
     den = as_denoiser(denoiser)
     _check_inputs(tokens, generate_mask)
     _check_steps(steps)
-    if mode not in ("mdlm",) + REMDM_MODES:
-        raise ValueError(f"remdm_mode must be one of {REMDM_MODES} (or 'mdlm'), got {mode!r}")
-    if eta is None:
-        eta = {"cap": eta_cap_default(steps), "loop": eta_cap_default(steps), "rescale": ETA_RESCALE_DEFAULT}.get(mode, 0.0)
-    _check_num("eta", eta, 0.0, 1.0)
-    if mode == "loop":
-        if not 0.0 <= t_off < t_on <= 1.0:
-            raise ValueError(f"need 0 <= t_off < t_on <= 1, got t_off={t_off}, t_on={t_on}")
-        if not 0.0 < alpha_on < 1.0:
-            raise ValueError(f"alpha_on must be in (0, 1), got {alpha_on}")
-        if eta * alpha_on / (1 - alpha_on) > 1.0:
-            raise ValueError(f"eta={eta} too large for alpha_on={alpha_on}: need eta <= (1 - alpha_on)/alpha_on")
-    _check_num("eps", eps, 0.0, 1.0, low_open=True, high_open=True)
+    eta = _check_remdm_args(mode, eta, steps, t_on, t_off, alpha_on, eps)
     _check_draw_args(temperature, top_p, top_k, diagnostics_p, positive_temperature=True)
-    index = _GenIndex(generate_mask)
-    device = tokens.device
-    batch = tokens.shape[0]
-    if isinstance(t_start, torch.Tensor):
-        t_start_rows = t_start.to(device=device, dtype=torch.float64).reshape(-1)
-        if t_start_rows.numel() == 1:
-            t_start_rows = t_start_rows.expand(batch)
-        if t_start_rows.numel() != batch:
-            raise ValueError(f"t_start: got {t_start_rows.numel()} start times for a batch of {batch}")
-    else:
-        _check_num("t_start", t_start, 0.0, 1.0)
-        t_start_rows = torch.full((batch,), float(t_start), dtype=torch.float64, device=device)
-    if batch and not bool(((t_start_rows > eps) & (t_start_rows <= 1.0)).all()):
-        raise ValueError(f"t_start must be in (eps={eps}, 1], got {t_start_rows.tolist()}")
+    state = _Draft(den, tokens, generate_mask, masked)
+    index, batch, device = state.index, tokens.shape[0], tokens.device
+    t_start_rows = _start_times(t_start, batch, eps, device)
     rng = RowRNG(generator, batch, device)
-    trace = _Trace(diagnostics, index, diagnostics_p)
-    fixed = ~index.mask
-    draft = tokens.clone()
-    is_masked = torch.ones(index.n, dtype=torch.bool, device=device)
-    if masked is not None:
-        is_masked = masked[index.rows, index.cols].bool()
-    flat_tokens = tokens[index.rows, index.cols].clone()
-    flat_tokens[is_masked] = den.mask_token_id
-    last_token = torch.where(is_masked, torch.full_like(flat_tokens, -1), flat_tokens)
-    conf = torch.full((index.n,), -math.inf, device=device)
+    trace = _Trace(diagnostics, index, diagnostics_p, diagnostics_positions, state.visible_tokens())
+    conf = torch.full((index.n,), -math.inf, device=device)  # ReMDM-conf's −p of each visible token
     if mode == "conf":
-        if conf_init is not None:
-            conf = torch.where(is_masked, conf, conf_init[index.rows, index.cols].float())
-        else:
-            conf = torch.where(is_masked, conf, torch.full_like(conf, -1.0))
+        initial = torch.full_like(conf, -1.0) if conf_init is None else conf_init[index.rows, index.cols].float()
+        conf = torch.where(state.is_masked, conf, initial)
     dt_rows = (t_start_rows - eps) / steps
     # Rates of every step and row at once, (steps, B) float64.
     grid = t_start_rows.unsqueeze(0) - torch.arange(steps, dtype=torch.float64, device=device).unsqueeze(1) * dt_rows
     sigma_steps, unmask_steps = _remdm_row_rates(mode, grid, dt_rows.unsqueeze(0), eta, t_on, t_off, alpha_on)
     uniform_start = batch > 0 and bool((t_start_rows == t_start_rows[0]).all())
-    if uniform_start:
+    if uniform_start:  # every row on the same grid: scalar rates
         sigma_steps, unmask_steps = sigma_steps[:, 0].tolist(), unmask_steps[:, 0].tolist()
-    features, nfe = None, 0
 
-    def state_z():
-        draft[index.rows, index.cols] = flat_tokens
-        visible = fixed.clone()
-        visible[index.rows, index.cols] = ~is_masked
-        return den.draft_embeds(draft, visible)
+    def to_probs(logits):
+        return token_probs(logits, temperature, top_k, top_p)
 
     for i in _progress(range(steps), progress, f"remdm-{mode}"):
-        if uniform_start:  # every row on the same grid: scalar rates
-            sigma, p_unmask = sigma_steps[i], unmask_steps[i]
-        else:
-            sigma, p_unmask = sigma_steps[i][index.rows], unmask_steps[i][index.rows]
+        sigma, p_unmask = (sigma_steps[i], unmask_steps[i]) if uniform_start else (
+            sigma_steps[i][index.rows], unmask_steps[i][index.rows])
         u = rng.ragged("uniform", index.counts, (2,))  # float64: [Bernoulli, categorical]
         if mode == "conf":
             sigma = conf_weights(conf, index).double() * sigma  # 0 at masked positions
-        remask = ~is_masked & (u[:, 0] < sigma)
-        unmask = is_masked & (u[:, 0] < p_unmask)
+        visible_before = ~state.is_masked
+        remask = visible_before & (u[:, 0] < sigma)
+        unmask = state.is_masked & (u[:, 0] < p_unmask)
         n_unmask, n_remask = torch.stack([unmask.sum(), remask.sum()]).tolist()
-        probs_sel, sel, rewritten = None, None, None
-        visible_before = ~is_masked
+        probs, sel, drawn = None, None, None
         if n_unmask:
-            if features is None:
-                features = den.features(state_z())
-                nfe += 1
             sel = unmask.nonzero(as_tuple=True)[0]
-            logits = den.logits(features[index.rows[sel], index.cols[sel]])
-            probs_sel = token_probs(logits, temperature, top_k, top_p)
-            drawn = sample_from_probs(probs_sel, u[sel, 1])
-            if diagnostics:
-                previous = last_token[sel]
-                rewritten = torch.zeros_like(is_masked)
-                rewritten[sel] = (previous >= 0) & (drawn != previous)
-                last_token[sel] = drawn
+            probs = to_probs(state.logits(sel))
+            drawn = sample_from_probs(probs, u[sel, 1])
             if mode == "conf":
-                conf[sel] = -probs_sel.gather(-1, drawn.unsqueeze(-1)).squeeze(-1).float()
-            flat_tokens = flat_tokens.clone()
-            flat_tokens[sel] = drawn
-        if n_remask and mode == "conf":
-            conf = torch.where(remask, torch.full_like(conf, -math.inf), conf)
-        is_masked = (is_masked & ~unmask) | remask
-        flat_tokens = torch.where(is_masked, torch.full_like(flat_tokens, den.mask_token_id), flat_tokens)
-        if n_unmask or n_remask:
-            features = None
+                conf[sel] = -probs.gather(-1, drawn.unsqueeze(-1)).squeeze(-1).float()
         if diagnostics:
-            trace.record(probs_sel, index.rows[sel] if sel is not None else None, remasked=remask,
-                         visible_before=visible_before, changed=remask | unmask, rewritten=rewritten)
-        if callback is not None:
-            draft[index.rows, index.cols] = flat_tokens
-            visible = index.mask.clone()
-            visible[index.rows, index.cols] = ~is_masked
-            callback(i, draft.clone(), index.mask & ~visible, False)
+            diag_probs, diag_rows = state.diagnostic_probs(trace, probs, sel, to_probs)
+            trace.record(diag_probs, diag_rows, remasked=remask, visible_before=visible_before,
+                         changed=remask | unmask, rewritten=None if sel is None else trace.rewritten(sel, drawn))
+        if n_unmask:
+            state.commit(sel, drawn)
+        if n_remask:
+            state.remask(remask)
+            conf = conf.masked_fill(remask, -math.inf)
+        state.emit(callback, i, False)
     if final_greedy:
-        remaining = is_masked.nonzero(as_tuple=True)[0]
+        remaining = state.is_masked.nonzero(as_tuple=True)[0]
         if remaining.numel():
-            if features is None:
-                features = den.features(state_z())
-                nfe += 1
-            logits = den.logits(features[index.rows[remaining], index.cols[remaining]])
-            flat_tokens = flat_tokens.clone()
-            flat_tokens[remaining] = logits.argmax(dim=-1)
-            is_masked = is_masked.clone()
-            is_masked[remaining] = False
-    out = tokens.clone()
-    out[index.rows, index.cols] = flat_tokens
-    final_masked = torch.zeros_like(index.mask)
-    final_masked[index.rows, index.cols] = is_masked
-    return SamplerOutput(out, trace.result(), nfe, extra={"masked": final_masked})
+            state.commit(remaining, state.logits(remaining).argmax(dim=-1))
+    return state.output(trace)
 
 
 def mdlm(denoiser, tokens, generate_mask, *, steps: int, temperature: float = 1.0, top_p: Optional[float] = None,
          top_k: Optional[int] = None, eps: float = 1e-5, masked=None, generator: GeneratorArg = None,
-         diagnostics: bool = False, diagnostics_p: float = 0.9, callback=None, progress=False) -> SamplerOutput:
+         diagnostics: bool = False, diagnostics_p: float = 0.9, diagnostics_positions: str = "evaluated",
+         callback=None, progress=False) -> SamplerOutput:
     """Ancestral MDLM sampling (α_t = 1 − t, unmask probability (t − s)/t, visible tokens copied,
     final greedy step); [`remdm`] with σ = 0."""
     return remdm(denoiser, tokens, generate_mask, steps=steps, mode="mdlm", eta=0.0, temperature=temperature,
                  top_p=top_p, top_k=top_k, eps=eps, masked=masked, generator=generator, diagnostics=diagnostics,
-                 diagnostics_p=diagnostics_p, callback=callback, progress=progress)
+                 diagnostics_p=diagnostics_p, diagnostics_positions=diagnostics_positions, callback=callback,
+                 progress=progress)
 
 
 # ============================================================================ LLaDA low-confidence
@@ -849,6 +978,40 @@ def transfer_schedule(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
     remainder = masked_count % steps
     i = torch.arange(steps, device=masked_count.device)
     return base.unsqueeze(-1) + (i.unsqueeze(0) < remainder.unsqueeze(-1)).long()
+
+
+def _block_layout(index: _GenIndex, block_length: Optional[int], steps: int):
+    """(G, block_length, number of blocks, steps per block) of LLaDA's semi-AR schedule."""
+    if len(set(index.counts)) > 1:
+        raise ValueError("low_confidence needs the same number of generated positions in every row")
+    gen_len = index.counts[0] if index.counts else 0
+    block_length = gen_len if block_length is None else block_length
+    if block_length < 1 or gen_len % block_length:
+        raise ValueError(f"gen_length={gen_len} must be a multiple of block_length={block_length}")
+    num_blocks = gen_len // block_length
+    if steps % num_blocks:
+        raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({num_blocks})")
+    return gen_len, block_length, num_blocks, steps // num_blocks
+
+
+def _most_confident(conf: torch.Tensor, sel_b: torch.Tensor, sel_j: torch.Tensor, quota: torch.Tensor,
+                    width: int) -> torch.Tensor:
+    """(n,) bool over the candidates (sel_b, sel_j): each row's `quota` (B,) most confident."""
+    table = torch.full((quota.shape[0], width), -math.inf, dtype=torch.float64, device=conf.device)
+    table[sel_b, sel_j] = conf.double()
+    rank = table.argsort(dim=1, descending=True).argsort(dim=1)
+    return rank[sel_b, sel_j] < quota[sel_b]
+
+
+def _eos_in_every_row(state: _Draft, gen_len: int, upto: int, eos_ids: torch.Tensor,
+                      skip_leading_eos: Optional[torch.Tensor]) -> bool:
+    """True when every row has a committed EOS among its first `upto` generated positions."""
+    batch = state.index.batch
+    flat, masked = state.flat.view(batch, gen_len)[:, :upto], state.is_masked.view(batch, gen_len)[:, :upto]
+    hit = torch.isin(flat, eos_ids) & ~masked
+    if skip_leading_eos is not None:
+        hit[:, 0] &= ~skip_leading_eos.to(device=hit.device, dtype=torch.bool)
+    return bool(hit.any(dim=1).all())
 
 
 def low_confidence(
@@ -870,6 +1033,7 @@ def low_confidence(
     generator: GeneratorArg = None,
     diagnostics: bool = False,
     diagnostics_p: float = 0.9,
+    diagnostics_positions: str = "evaluated",
     callback: Optional[Callable] = None,
     progress: bool = False,
 ) -> SamplerOutput:
@@ -900,106 +1064,72 @@ def low_confidence(
     _check_draw_args(temperature, top_p, top_k, diagnostics_p, positive_temperature=False)
     _check_num("cfg_scale", cfg_scale, 0.0)
     _check_int("block_length", block_length, 1, optional=True)
-    index = _GenIndex(generate_mask)
-    batch = tokens.shape[0]
-    device = tokens.device
-    if len(set(index.counts)) > 1:
-        raise ValueError("low_confidence needs the same number of generated positions in every row")
-    gen_len = index.counts[0] if index.counts else 0
-    block_length = gen_len if block_length is None else block_length
-    if block_length < 1 or gen_len % block_length:
-        raise ValueError(f"gen_length={gen_len} must be a multiple of block_length={block_length}")
-    num_blocks = gen_len // block_length
-    if steps % num_blocks:
-        raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({num_blocks})")
-    steps_per_block = steps // num_blocks
-    rows2d = index.rows.view(batch, gen_len)
-    cols2d = index.cols.view(batch, gen_len)
-    gen_tokens = tokens[index.rows, index.cols].view(batch, gen_len).clone()
-    is_masked = torch.ones(batch, gen_len, dtype=torch.bool, device=device)
-    if masked is not None:
-        is_masked = masked[index.rows, index.cols].view(batch, gen_len).bool().clone()
-    gen_tokens[is_masked] = den.mask_token_id
-    fixed = ~index.mask
+    state = _Draft(den, tokens, generate_mask, masked, cfg_scale)
+    index, batch, device = state.index, tokens.shape[0], tokens.device
+    gen_len, block_length, num_blocks, steps_per_block = _block_layout(index, block_length, steps)
     rng = RowRNG(generator, batch, device)
-    trace = _Trace(diagnostics, index, diagnostics_p)
+    trace = _Trace(diagnostics, index, diagnostics_p, diagnostics_positions)
     eos_ids = None
     if eos_token_id is not None:
         eos_ids = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
-    nfe, step_no = 0, 0
-    draft = tokens.clone()
+
+    def filtered(logits):  # float64 logits, −inf outside top-k / top-p
+        logits = logits.double()
+        if top_k is not None or (top_p is not None and top_p < 1.0):
+            logits = logits.masked_fill(token_probs(logits, 1.0, top_k, top_p) <= 0, -math.inf)
+        return logits
+
+    step_no = 0
     for block in range(num_blocks):
         lo, hi = block * block_length, (block + 1) * block_length
-        quota = transfer_schedule(is_masked[:, lo:hi].sum(dim=1), steps_per_block)  # (B, s)
+        quota = transfer_schedule(state.is_masked.view(batch, gen_len)[:, lo:hi].sum(dim=1), steps_per_block)
         for i in _progress(range(steps_per_block), progress, f"block {block + 1}/{num_blocks}"):
-            draft[rows2d, cols2d] = gen_tokens
-            visible = fixed.clone()
-            visible[rows2d, cols2d] = ~is_masked
-            z = den.draft_embeds(draft, visible)
-            block_masked = is_masked[:, lo:hi]
-            sel_b, sel_j = block_masked.nonzero(as_tuple=True)
-            if cfg_scale > 0:
-                z_uncond = den.draft_embeds(draft, visible & index.mask)  # fixed (prompt) positions masked
-                feats = den.features(torch.cat([z, z_uncond]))
-                nfe += 2
-                cond = den.logits(feats[:batch][rows2d[sel_b, lo + sel_j], cols2d[sel_b, lo + sel_j]])
-                uncond = den.logits(feats[batch:][rows2d[sel_b, lo + sel_j], cols2d[sel_b, lo + sel_j]])
-                logits = uncond + (cfg_scale + 1.0) * (cond - uncond)
-            else:
-                feats = den.features(z)
-                nfe += 1
-                logits = den.logits(feats[rows2d[sel_b, lo + sel_j], cols2d[sel_b, lo + sel_j]])
-            logits = logits.double()
-            if top_k is not None or (top_p is not None and top_p < 1.0):
-                keep = token_probs(logits, 1.0, top_k, top_p) > 0
-                logits = logits.masked_fill(~keep, -math.inf)
-            counts = block_masked.sum(dim=1).tolist() if (temperature > 0 or remasking == "random") else None
-            if temperature > 0:  # rows of `uniform` follow (sel_b, sel_j): row-major, like `counts`
-                uniform = rng.ragged("uniform", counts, (logits.shape[-1],), torch.float64)
-                gumbel = -torch.log(-torch.log(uniform))
+            sel_b, sel_j = state.is_masked.view(batch, gen_len)[:, lo:hi].nonzero(as_tuple=True)
+            sel = sel_b * gen_len + lo + sel_j  # flat, row-major like rng.ragged's rows
+            logits = filtered(state.logits(sel))
+            counts = torch.bincount(sel_b, minlength=batch).tolist() if (temperature > 0 or remasking == "random") else None
+            if temperature > 0:
+                gumbel = -torch.log(-torch.log(rng.ragged("uniform", counts, (logits.shape[-1],), torch.float64)))
                 x0 = (logits / temperature + gumbel).argmax(dim=-1)
             else:
                 x0 = logits.argmax(dim=-1)
             probs = torch.softmax(logits, dim=-1)
             if remasking == "low_confidence":
-                conf_sel = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+                conf = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
             else:
-                conf_sel = rng.ragged("uniform", counts, (), torch.float64)
-            conf = torch.full((batch, block_length), -math.inf, dtype=torch.float64, device=device)
-            conf[sel_b, sel_j] = conf_sel
-            rank = conf.argsort(dim=1, descending=True).argsort(dim=1)
-            commit = block_masked & (rank < quota[:, i : i + 1])
-            proposal = torch.full((batch, block_length), den.mask_token_id, dtype=torch.long, device=device)
-            proposal[sel_b, sel_j] = x0
-            block_tokens = torch.where(commit, proposal, gen_tokens[:, lo:hi])
-            gen_tokens = gen_tokens.clone()
-            gen_tokens[:, lo:hi] = block_tokens
-            is_masked = is_masked.clone()
-            is_masked[:, lo:hi] = block_masked & ~commit
+                conf = rng.ragged("uniform", counts, (), torch.float64)
+            commit = _most_confident(conf, sel_b, sel_j, quota[:, i], block_length)
             if diagnostics:
-                changed = torch.zeros(batch, gen_len, dtype=torch.bool, device=device)
-                changed[:, lo:hi] = commit
-                trace.record(probs, sel_b, changed=changed.flatten())
-            if callback is not None:
-                draft[rows2d, cols2d] = gen_tokens
-                mask_full = torch.zeros_like(index.mask)
-                mask_full[rows2d, cols2d] = is_masked
-                callback(step_no, draft.clone(), mask_full, True)
+                changed = torch.zeros(index.n, dtype=torch.bool, device=device)
+                changed[sel[commit]] = True
+                trace.record(*state.diagnostic_probs(trace, probs, sel, lambda x: torch.softmax(filtered(x), -1)),
+                             changed=changed)
+            state.commit(sel[commit], x0[commit])
+            state.emit(callback, step_no, True)
             step_no += 1
         if stop_at_eos and eos_ids is not None and block < num_blocks - 1:
-            hit = torch.isin(gen_tokens[:, :hi], eos_ids) & ~is_masked[:, :hi]
-            if skip_leading_eos is not None:
-                hit[:, 0] &= ~skip_leading_eos.to(device=device, dtype=torch.bool)
-            if bool(hit.any(dim=1).all()):
+            if _eos_in_every_row(state, gen_len, hi, eos_ids, skip_leading_eos):
                 break
-    out = tokens.clone()
-    out[rows2d, cols2d] = gen_tokens
-    final_masked = torch.zeros_like(index.mask)
-    final_masked[rows2d, cols2d] = is_masked
-    return SamplerOutput(out, trace.result(), nfe, extra={"masked": final_masked})
+    return state.output(trace)
 
 
 # ============================================================================ random-order AR
+
+
+def _visit_rank(order: str, rng: RowRNG, index: _GenIndex) -> torch.Tensor:
+    """(N,) the step rank of each generated position within its row: a uniformly random
+    permutation per row (`order="random"`), or left to right."""
+    device = index.rows.device
+    starts = torch.zeros(index.batch, dtype=torch.long, device=device)
+    starts[1:] = torch.as_tensor(index.counts, device=device).cumsum(0)[:-1]
+    position_in_row = torch.arange(index.n, device=device) - starts[index.rows]
+    if order != "random":
+        return position_in_row
+    keys = rng.ragged("uniform", index.counts, dtype=torch.float64) + index.rows.double()
+    sorted_flat = keys.argsort()
+    rank = torch.empty_like(position_in_row)
+    rank[sorted_flat] = torch.arange(index.n, device=device) - starts[index.rows[sorted_flat]]
+    return rank
 
 
 def roar(
@@ -1015,6 +1145,7 @@ def roar(
     generator: GeneratorArg = None,
     diagnostics: bool = False,
     diagnostics_p: float = 0.9,
+    diagnostics_positions: str = "evaluated",
     callback: Optional[Callable] = None,
     progress: bool = False,
 ) -> SamplerOutput:
@@ -1028,51 +1159,27 @@ def roar(
     if order not in ("random", "left_to_right"):
         raise ValueError(f"order must be 'random' or 'left_to_right', got {order!r}")
     _check_draw_args(temperature, top_p, top_k, diagnostics_p, positive_temperature=True)
-    index = _GenIndex(generate_mask)
-    batch, device = tokens.shape[0], tokens.device
-    rng = RowRNG(generator, batch, device)
-    trace = _Trace(diagnostics, index, diagnostics_p)
-    starts = torch.zeros(batch, dtype=torch.long, device=device)
-    starts[1:] = torch.as_tensor(index.counts, device=device).cumsum(0)[:-1]
-    position_in_row = torch.arange(index.n, device=device) - starts[index.rows]
-    if order == "random":
-        keys = rng.ragged("uniform", index.counts, dtype=torch.float64) + index.rows.double()
-        sorted_flat = keys.argsort()
-        rank = torch.empty_like(position_in_row)
-        rank[sorted_flat] = torch.arange(index.n, device=device) - starts[index.rows[sorted_flat]]
-    else:
-        rank = position_in_row
+    state = _Draft(den, tokens, generate_mask)
+    index = state.index
+    rng = RowRNG(generator, index.batch, tokens.device)
+    trace = _Trace(diagnostics, index, diagnostics_p, diagnostics_positions)
+    rank = _visit_rank(order, rng, index)
     uniforms = rng.ragged("uniform", index.counts, (), torch.float64)
-    flat_tokens = torch.full((index.n,), den.mask_token_id, dtype=torch.long, device=device)
-    is_masked = torch.ones(index.n, dtype=torch.bool, device=device)
-    fixed = ~index.mask
-    draft = tokens.clone()
+
+    def to_probs(logits):
+        return token_probs(logits, temperature, top_k, top_p)
+
     num_steps = math.ceil(max(index.counts, default=0) / tokens_per_step)
-    nfe = 0
     for i in _progress(range(num_steps), progress, "roar"):
-        draft[index.rows, index.cols] = flat_tokens
-        visible = fixed.clone()
-        visible[index.rows, index.cols] = ~is_masked
-        feats = den.features(den.draft_embeds(draft, visible))
-        nfe += 1
         now = (rank >= i * tokens_per_step) & (rank < (i + 1) * tokens_per_step)
         sel = now.nonzero(as_tuple=True)[0]
-        logits = den.logits(feats[index.rows[sel], index.cols[sel]])
-        probs = token_probs(logits, temperature, top_k, top_p)
+        probs = to_probs(state.logits(sel))
         drawn = sample_from_probs(probs, uniforms[sel])
-        flat_tokens = flat_tokens.clone()
-        flat_tokens[sel] = drawn
-        is_masked = is_masked & ~now
         if diagnostics:
-            trace.record(probs, index.rows[sel], changed=now)
-        if callback is not None:
-            draft[index.rows, index.cols] = flat_tokens
-            mask_full = torch.zeros_like(index.mask)
-            mask_full[index.rows, index.cols] = is_masked
-            callback(i, draft.clone(), mask_full, True)
-    out = tokens.clone()
-    out[index.rows, index.cols] = flat_tokens
-    return SamplerOutput(out, trace.result(), nfe, extra={"rank": rank})
+            trace.record(*state.diagnostic_probs(trace, probs, sel, to_probs), changed=now)
+        state.commit(sel, drawn)
+        state.emit(callback, i, True)
+    return state.output(trace, rank=rank)
 
 
 # ============================================================================ hybrid
@@ -1097,6 +1204,7 @@ def hybrid(
     generator: GeneratorArg = None,
     diagnostics: bool = False,
     diagnostics_p: float = 0.9,
+    diagnostics_positions: str = "evaluated",
     callback: Optional[Callable] = None,
     progress: bool = False,
 ) -> SamplerOutput:
@@ -1126,15 +1234,16 @@ def hybrid(
     _check_num("snr_min", snr_min, 0.0, low_open=True)
     _check_num("switch_snr", switch_snr, snr_min, low_open=True)
     kwargs = dict(finish_kwargs or {})
-    reserved = {"steps", "masked", "generator", "diagnostics", "diagnostics_p", "callback", "progress",
-                "conf_init", "t_start"} & set(kwargs)
+    reserved = {"steps", "masked", "generator", "diagnostics", "diagnostics_p", "diagnostics_positions", "callback",
+                "progress", "conf_init", "t_start"} & set(kwargs)
     if reserved:
         raise ValueError(f"finish_kwargs must not set {sorted(reserved)}: hybrid sets them")
     den = as_denoiser(denoiser)
     path = snr_schedule(schedule, sde_steps, snr_min, switch_snr)
     first = sde(den, tokens, generate_mask, path, integrator=integrator, noise_scale=noise_scale,
                 posterior_top_k=posterior_top_k, generator=generator, diagnostics=diagnostics,
-                diagnostics_p=diagnostics_p, callback=callback, progress=progress)
+                diagnostics_p=diagnostics_p, diagnostics_positions=diagnostics_positions, callback=callback,
+                progress=progress)
     index = _GenIndex(generate_mask)
     probs = torch.softmax(first.extra["final_logits"].float(), dim=-1)
     conf, draft_flat = probs.max(dim=-1)
@@ -1142,8 +1251,8 @@ def hybrid(
     masked = torch.zeros_like(index.mask)
     masked[index.rows, index.cols] = masked_flat
     draft = first.tokens
-    common = dict(generator=generator, diagnostics=diagnostics, diagnostics_p=diagnostics_p, callback=callback,
-                  progress=progress)
+    common = dict(generator=generator, diagnostics=diagnostics, diagnostics_p=diagnostics_p,
+                  diagnostics_positions=diagnostics_positions, callback=callback, progress=progress)
     if finish == "low_confidence":
         lc_kwargs = dict(block_length=None)
         lc_kwargs.update(kwargs)
@@ -1176,6 +1285,7 @@ def correct(
     threshold: float = 0.0,
     diagnostics: bool = False,
     diagnostics_p: float = 0.9,
+    diagnostics_positions: str = "evaluated",
     callback: Optional[Callable] = None,
     progress: bool = False,
 ) -> SamplerOutput:
@@ -1195,7 +1305,7 @@ def correct(
     _check_num("threshold", threshold, 0.0, 1.0)
     _check_num("diagnostics_p", diagnostics_p, 0.0, 1.0, low_open=True)
     index = _GenIndex(suspect_mask)
-    trace = _Trace(diagnostics, index, diagnostics_p)
+    trace = _Trace(diagnostics, index, diagnostics_p, diagnostics_positions)  # every suspect position is evaluated
     current = tokens.clone()
     fixed = ~index.mask
     nfe = 0
