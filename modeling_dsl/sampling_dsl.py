@@ -610,6 +610,24 @@ def posterior_mean(logits: torch.Tensor, embeddings: torch.Tensor, top_k: Option
 # ============================================================================ SDE
 
 
+def _generated_paths(snr_path, index: _GenIndex, device) -> torch.Tensor:
+    """(N, S+1) float64 SNR grid of every generated position from a (S+1,), (L, S+1) or (B, L, S+1) path."""
+    path = torch.as_tensor(snr_path, dtype=torch.float64, device=device)
+    if path.dim() == 1:
+        path = path.unsqueeze(0).expand(index.n, -1)
+    elif path.dim() == 2:
+        path = path[index.cols]
+    elif path.dim() == 3:
+        path = path[index.rows, index.cols]
+    else:
+        raise ValueError(f"snr_path must have 1, 2 or 3 dimensions, got shape {tuple(path.shape)}")
+    if path.shape[-1] < 2:
+        raise ValueError("snr_path needs at least two points")
+    if bool((path < 0).any()):
+        raise ValueError("snr_path must be >= 0")
+    return path
+
+
 def sde(
     denoiser,
     tokens: torch.Tensor,
@@ -660,19 +678,7 @@ def sde(
     index = _GenIndex(generate_mask)
     device = tokens.device
     batch, length = tokens.shape
-    path = torch.as_tensor(snr_path, dtype=torch.float64, device=device)
-    if path.dim() == 1:
-        path = path.unsqueeze(0).expand(index.n, -1)
-    elif path.dim() == 2:
-        path = path[index.cols]
-    elif path.dim() == 3:
-        path = path[index.rows, index.cols]
-    else:
-        raise ValueError(f"snr_path must have 1, 2 or 3 dimensions, got shape {tuple(path.shape)}")
-    if path.shape[-1] < 2:
-        raise ValueError("snr_path needs at least two points")
-    if bool((path < 0).any()):
-        raise ValueError("snr_path must be >= 0")
+    path = _generated_paths(snr_path, index, device)
     fixed = ~index.mask
     z = den.draft_embeds(tokens, fixed)  # prompt at its clean embedding, generated positions 0
     if z_init is not None:
@@ -844,6 +850,18 @@ def _start_times(t_start, batch: int, eps: float, device) -> torch.Tensor:
     return rows
 
 
+def _remdm_step_rates(mode, t_start_rows, steps, eps, eta, t_on, t_off, alpha_on, index: _GenIndex) -> Callable:
+    """rates(i) → (σ, unmask probability) of step i: floats when every row shares one time grid,
+    else (N,) tensors per generated position. All steps are computed up front, (steps, B)."""
+    dt_rows = (t_start_rows - eps) / steps
+    grid = t_start_rows.unsqueeze(0) - torch.arange(steps, dtype=torch.float64, device=t_start_rows.device).unsqueeze(1) * dt_rows
+    sigma, unmask = _remdm_row_rates(mode, grid, dt_rows.unsqueeze(0), eta, t_on, t_off, alpha_on)
+    if index.batch > 0 and bool((t_start_rows == t_start_rows[0]).all()):
+        sigma, unmask = sigma[:, 0].tolist(), unmask[:, 0].tolist()  # scalars: no per-position gather
+        return lambda i: (sigma[i], unmask[i])
+    return lambda i: (sigma[i][index.rows], unmask[i][index.rows])
+
+
 def remdm(
     denoiser,
     tokens: torch.Tensor,
@@ -912,20 +930,13 @@ def remdm(
     if mode == "conf":
         initial = torch.full_like(conf, -1.0) if conf_init is None else conf_init[index.rows, index.cols].float()
         conf = torch.where(state.is_masked, conf, initial)
-    dt_rows = (t_start_rows - eps) / steps
-    # Rates of every step and row at once, (steps, B) float64.
-    grid = t_start_rows.unsqueeze(0) - torch.arange(steps, dtype=torch.float64, device=device).unsqueeze(1) * dt_rows
-    sigma_steps, unmask_steps = _remdm_row_rates(mode, grid, dt_rows.unsqueeze(0), eta, t_on, t_off, alpha_on)
-    uniform_start = batch > 0 and bool((t_start_rows == t_start_rows[0]).all())
-    if uniform_start:  # every row on the same grid: scalar rates
-        sigma_steps, unmask_steps = sigma_steps[:, 0].tolist(), unmask_steps[:, 0].tolist()
+    rates = _remdm_step_rates(mode, t_start_rows, steps, eps, eta, t_on, t_off, alpha_on, index)
 
     def to_probs(logits):
         return token_probs(logits, temperature, top_k, top_p)
 
     for i in _progress(range(steps), progress, f"remdm-{mode}"):
-        sigma, p_unmask = (sigma_steps[i], unmask_steps[i]) if uniform_start else (
-            sigma_steps[i][index.rows], unmask_steps[i][index.rows])
+        sigma, p_unmask = rates(i)
         u = rng.ragged("uniform", index.counts, (2,))  # float64: [Bernoulli, categorical]
         if mode == "conf":
             sigma = conf_weights(conf, index).double() * sigma  # 0 at masked positions
