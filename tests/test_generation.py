@@ -10,28 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY, tiny_model
 from modeling_dsl import DSLConfig, DSLForDiffusionLM, DSLGenerationConfig
 
 REPO = Path(__file__).resolve().parents[1]
-V = 50
-
-
-def tiny_model(seed=0, vocab=V, **kw):
-    """A tiny model with every weight random (MDLM's init starts adaLN and the head at zero)."""
-    torch.manual_seed(seed)
-    base = dict(vocab_size=vocab, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, cond_dim=16,
-                max_position_embeddings=64, noise_dim=8, mask_token_id=vocab, dropout=0.0)
-    base.update(kw)
-    model = DSLForDiffusionLM(DSLConfig(**base))
-    with torch.no_grad():
-        for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.15)  # p_θ far from one-hot: draws vary
-    return model.eval()
+V = TINY["vocab_size"]
+WEIGHT_STD = 0.15  # p_θ far from one-hot: draws vary
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model()
+    return tiny_model(weight_std=WEIGHT_STD)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -437,7 +426,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_generation_config_round_trips_through_remote_code(tmp_path, run_without_package):
-    model = tiny_model(seed=1)
+    model = tiny_model(seed=1, weight_std=WEIGHT_STD)
     model.generation_config = DSLGenerationConfig(strategy="remdm", remdm_mode="loop", eta=0.05, steps=9,
                                                   gen_length=6, seed=11, top_p=0.9)
     folder = tmp_path / "ckpt"
@@ -477,7 +466,7 @@ def test_cli_generates_text_and_plots_diagnostics(tmp_path, shared_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = tiny_model(vocab=len(tokenizer), max_position_embeddings=32)
+    model = tiny_model(weight_std=WEIGHT_STD, vocab_size=len(tokenizer), max_position_embeddings=32)
     folder = tmp_path / "ckpt"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
