@@ -459,13 +459,11 @@ def test_cli_help():
         assert flag in proc.stdout
 
 
-def test_cli_generates_text_and_plots_diagnostics(tmp_path, shared_dir):
-    tokenizer_dir = shared_dir / "tokenizers" / "gpt2"
-    if not tokenizer_dir.is_dir():
-        pytest.skip("GPT-2 tokenizer not in ../shared")
+def test_cli_generates_text_and_plots_diagnostics(tmp_path, tok_dir):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    tokenizer.pad_token = None  # like GPT-2's: the CLI pads with the EOS token
     model = tiny_model(weight_std=WEIGHT_STD, vocab_size=len(tokenizer), max_position_embeddings=32)
     folder = tmp_path / "ckpt"
     model.save_pretrained(folder)
