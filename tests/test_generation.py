@@ -467,7 +467,7 @@ def test_cli_help():
                           text=True, timeout=120)
     assert proc.returncode == 0
     for flag in ("--strategy", "--steps", "--prompt", "--prompts-file", "--num-samples", "--plot-diagnostics",
-                 "--cfg-scale", "--switch-steps", "--stop-at-eos", "--keep-after-eos"):
+                 "--cfg-scale", "--switch-steps", "--stop-at-eos", "--truncate-at-eos"):
         assert flag in proc.stdout
 
 
