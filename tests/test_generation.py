@@ -103,7 +103,7 @@ def test_tokens_after_the_first_eos_are_replaced_by_pad(model):
     kw = dict(strategy="roar", steps=12, gen_length=12, seed=3, num_return_sequences=4)
     plain = model.generate(**kw)
     eos = int(plain[0, 4])
-    out = model.generate(eos_token_id=eos, pad_token_id=V - 1, **kw)
+    out = model.generate(eos_token_id=eos, pad_token_id=V - 1, truncate_at_eos=True, **kw)
     for row_plain, row in zip(plain, out):
         hits = (row_plain == eos).nonzero()
         if hits.numel() == 0:
@@ -125,7 +125,7 @@ def test_stop_at_eos_ends_block_decoding_early(model, strategy):
     first_eos = 1 + int((full.sequences[0, 1:] == eos).nonzero()[0])
     pad = 0 if eos != 0 else 1
     stopped = model.generate(prompt, return_dict_in_generate=True, eos_token_id=eos, pad_token_id=pad,
-                             stop_at_eos=True, **kw)
+                             stop_at_eos=True, truncate_at_eos=True, **kw)
     block_nfe = 2 if strategy == "low_confidence" else 1
     assert stopped.nfe == full.nfe - 3 * block_nfe  # stopped after the first block
     assert torch.equal(stopped.sequences[0, : first_eos + 1], full.sequences[0, : first_eos + 1])
@@ -137,6 +137,7 @@ def test_unprompted_rows_ignore_an_eos_at_the_first_generated_position(model):
     not an end of text. A prompted row's first generated EOS is."""
     kw = dict(strategy="roar", steps=10, gen_length=10, roar_order="left_to_right", top_k=1, seed=0)
     plain = model.generate(**kw)[0]
+    kw["truncate_at_eos"] = True  # not the default any more
     eos = int(plain[0])
     later = [i for i in range(1, 10) if int(plain[i]) == eos]
     out = model.generate(eos_token_id=eos, pad_token_id=V - 1, **kw)[0]
@@ -195,7 +196,7 @@ def test_warns_about_explicit_arguments_the_strategy_ignores(model, caplog):
     with caplog.at_level("WARNING"):
         # Used fields, default values, and fields carried by a saved config: no warning.
         model.generate(strategy="low_confidence", block_length=2, stop_at_eos=True, cfg_scale=0.5, **kw)
-        model.generate(strategy="sde", cfg_scale=0.0, remdm_mode="cap", **kw)
+        model.generate(strategy="sde", cfg_scale=0.0, remdm_mode="loop", **kw)
         saved = DSLGenerationConfig(strategy="low_confidence", block_length=2, temperature=0.7, cfg_scale=1.0)
         model.generate(generation_config=saved, strategy="sde", **kw)
         model.generate(strategy="remdm", remdm_mode="loop", t_on=0.6, **kw)
@@ -298,7 +299,7 @@ def test_streamer_gets_prompt_final_tokens_in_order_drafts_and_end(model):
     kw = dict(strategy="remdm", steps=5, gen_length=6, seed=0)
     eos = int(model.generate(prompt, **kw)[0, 4])
     streamer = RecordingStreamer(drafts=False)
-    out = model.generate(prompt, streamer=streamer, eos_token_id=eos, **kw)
+    out = model.generate(prompt, streamer=streamer, eos_token_id=eos, truncate_at_eos=True, **kw)
     streamed = sum(streamer.puts[1:], [])
     assert streamed[-1] == eos and eos not in streamed[:-1]
     assert streamed == out[0, 3: 3 + len(streamed)].tolist()
@@ -455,7 +456,7 @@ def test_cli_help():
                           text=True, timeout=120)
     assert proc.returncode == 0
     for flag in ("--strategy", "--steps", "--prompt", "--prompts-file", "--num-samples", "--plot-diagnostics",
-                 "--cfg-scale", "--switch-steps", "--stop-at-eos", "--keep-after-eos"):
+                 "--cfg-scale", "--switch-steps", "--stop-at-eos", "--truncate-at-eos"):
         assert flag in proc.stdout
 
 
