@@ -79,13 +79,16 @@ class DSLConfig(PretrainedConfig):
             "sequence": "bernoulli" — each independently with probability `roar_prob`; "leading" —
             exactly the first ⌊B·roar_prob⌋ rows of every (micro-)batch, the authors' `mixed` path.
             Must be "bernoulli" with token granularity.
-        snr_min (`float`, 1.0): γ_min, upper end of the hidden ROAR endpoint.
-        snr_max (`float`, 50.0): γ_max, the top of the training SNR mixture (ROAR's visible endpoint).
+        snr_min (`float`, 1.0): γ_min, upper end of the hidden ROAR endpoint (DSL-LLaDA's U[0, 1);
+            the paper gives no value).
+        snr_max (`float`, 50.0): γ_max, the visible ROAR endpoint of training (and the clip bound of
+            `snr_clip`); visible tokens at inference use `visible_snr`.
         visible_snr (`float` or `None`, `None`): SNR at which visible (prompt, revealed, unmasked)
             tokens are fed, noise-free, at inference and as prompts in training. `None` means
             `snr_max`. Each preset sets it so the converter puts ≥ 0.99 of its mass on a visible
             token's own slot (see `preset_fields`).
-        roar_c (`float`, 0.8): c in U(c·γ_max, γ_max).
+        roar_c (`float`, 0.8): c in U(c·γ_max, γ_max) (DSL-LLaDA's U[0.8·s_max, s_max]; the paper
+            gives no value).
         lognormal_mu (`float`, 1.65), lognormal_sigma (`float`, 0.9): ln γ ~ N(μ, σ²).
         snr_clip (`bool`, False): clip LogNormal draws to [snr_min, snr_max] (Alg. 1's optional clip).
         snr_preset (`str`, "paper"): the preset these values came from, or "custom". A config
