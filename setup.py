@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_dsl", "trainers"],
+    packages=["modeling_dsl", "trainers", "evaluation"],
     package_data={"trainers": ["configs/*.json", "configs/*.yaml", "demo_data/*.txt", "demo_data/*.md", "demo_data/LICENSE"]},
     include_package_data=True,
     install_requires=[

@@ -1,0 +1,6 @@
+"""Evaluation library for DSL models (imports `modeling_dsl`; never shipped as remote code).
+
+- `summarization`: zero-shot summarization with ROUGE (the DSL-LLaDA protocol).
+- `reporting`: results JSON with the environment, per-sample JSONL, markdown tables, PNG plots —
+  shared by every evaluation.
+"""
