@@ -337,6 +337,7 @@ def test_prompt_encoding_chat_template_and_cut():
     assert cut_ids[-closing:] == ids[-closing:] and cut_ids[:-closing] == ids[: len(ids) - closing - 3]
 
 
+@pytest.mark.slow
 def test_chat_template_end_to_end(summarization_dir, gpt2_model_dir, tmp_path):
     """The Instruct path (ref §6) on a tiny MDLM-scale model whose GPT-2 tokenizer gets a
     LLaDA-style chat template (the tiny LLaDA model waits for the LLaDA backbone)."""
