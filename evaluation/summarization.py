@@ -508,7 +508,7 @@ class EvalSettings:
     id_column: Optional[str] = None
     template: Optional[str] = None
     instruction: Optional[str] = None
-    max_words: Optional[int] = None  # None: the protocol's; 0: no cap
+    max_words: Optional[int] = None  # None: the protocol's; 0: no cap; N: documents within N words unchanged
     gen_length: Optional[int] = None  # None: the protocol's
     lead_k: Optional[int] = None  # None: the protocol's (lead-k)
     num_samples: Optional[int] = None
@@ -567,8 +567,8 @@ def _resolve_protocol(name: str, settings: EvalSettings) -> DatasetProtocol:
     overrides = {}
     if settings.instruction is not None:
         overrides["instruction"] = settings.instruction
-    if settings.max_words is not None:
-        overrides["max_words"] = settings.max_words or None
+    if settings.max_words is not None:  # a new cap follows the 1000-sample build: shorter documents stay as they are
+        overrides.update(max_words=settings.max_words or None, rejoin_short=False)
     if settings.gen_length is not None:
         overrides["gen_length"] = settings.gen_length
     if settings.lead_k is not None:

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt = r.add_argument_group("protocol overrides (defaults: reference §6 per dataset)")
     prompt.add_argument("--template", help=f"dataset template for every input: {', '.join(PROTOCOLS)}")
     prompt.add_argument("--instruction", help="instruction text (the document follows after a blank line)")
-    prompt.add_argument("--max_words", type=int, help="document word cap (0: none; default: the dataset's)")
+    prompt.add_argument("--max_words", type=int, help="document word cap (0: none; default: the dataset's); a document within the cap "
+                        "stays as it is, a longer one is cut and re-joined with single spaces (the 1000-sample build)")
     prompt.add_argument("--gen_length", type=int, help="tokens generated per sample (default: the dataset's)")
     prompt.add_argument("--lead_k", type=int, help="sentences of lead-k (default: the dataset's, data README)")
     prompt.add_argument("--chat_template", choices=["auto", "on", "off"], default="auto",

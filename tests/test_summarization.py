@@ -226,6 +226,12 @@ def test_protocol_table_follows_the_reference_and_the_data_readme(summarization_
     assert cap_words("line one.\n\nline two.", xsum.max_words, xsum.rejoin_short) == "line one.\n\nline two."
     assert protocol_for("cnn_dailymail_100") is cnn and protocol_for("EdinburghNLP/xsum") is xsum
     assert protocol_for("cnn_dm") is cnn and protocol_for("reddit") is None
+    # a new cap (the 1000-sample build's 1500 words): documents within it stay unchanged
+    from evaluation.summarization import _resolve_protocol
+
+    capped = _resolve_protocol("cnn_dailymail", EvalSettings(output_dir="unused", methods=["lead-k"], max_words=1500))
+    assert (capped.max_words, capped.rejoin_short) == (1500, False)
+    assert cap_words("a  b\nc", capped.max_words, capped.rejoin_short) == "a  b\nc"
 
 
 def test_rouge_protocol_details():
