@@ -37,6 +37,7 @@ from evaluation.summarization import (
 )
 
 SCRIPT = REPO / "scripts" / "eval_summarization.py"
+SHARED = REPO.parent / "shared"  # `../shared` beside the checkout: the summarization sets and the GPT-2 tokenizer
 SETS = ("cnn_dailymail", "xsum", "aeslc", "billsum", "pubmed", "arxiv")
 
 
@@ -59,8 +60,6 @@ def sorted_records(path):
 
 @pytest.fixture(scope="module")
 def summarization_dir():
-    from conftest import SHARED
-
     path = SHARED / "data" / "summarization"
     if not path.is_dir():
         pytest.skip(f"shared summarization sets not found at {path}")
@@ -70,7 +69,6 @@ def summarization_dir():
 @pytest.fixture(scope="module")
 def gpt2_model_dir(tmp_path_factory):
     """A tiny MDLM-scale DSL model (V = 50257 + mask, context 1024) saved with the GPT-2 tokenizer."""
-    from conftest import SHARED
     from transformers import AutoTokenizer
 
     tokenizer_dir = SHARED / "tokenizers" / "gpt2"
