@@ -11,9 +11,8 @@ Protocol (each item overridable through `EvalSettings`):
   (ref §3, §6); without one the raw prompt is tokenized with the tokenizer's own special tokens.
 - Generation: gen length per dataset (ref §6), seed 42 (ref §6; sample `i` uses `seed + i`, so a
   sample's output does not depend on its batch, shard or a resume), `generate()` asked for the
-  full G generated ids (no truncation at the first EOS, ref §6): `truncate_at_eos=False` where
-  `generate()` has that field, else an empty EOS list (`eos_token_id=[]`: no EOS configured, so
-  nothing is cut and nothing stops early).
+  full G generated ids (no truncation at the first EOS, ref §6): `truncate_at_eos=False` is passed
+  explicitly, whatever the checkpoint's generation config says.
 - Decoding: the G generated ids with special tokens removed (ref §6; ids outside the tokenizer's
   vocabulary, such as MDLM's appended mask id, are dropped too); a decoding error gives "" (ref §6).
   Optional: cut at the first EOS yourself (`truncate_at_eos=True`).
@@ -383,7 +382,7 @@ PRESETS: Dict[str, MethodSpec] = {
 }
 # Set by the protocol, not by a method's settings.
 RESERVED = {"steps": "--nfe", "gen_length": "--gen_length", "max_new_tokens": "--gen_length", "seed": "--seed",
-            "strategy": "the method name", "truncate_at_eos": "--truncate_at_eos", "eos_token_id": "--truncate_at_eos",
+            "strategy": "the method name", "truncate_at_eos": "--truncate_at_eos", "eos_token_id": "the model config",
             "num_return_sequences": "(one sample per prompt)", "input_ids": "", "attention_mask": "",
             "return_dict_in_generate": ""}
 
@@ -478,10 +477,9 @@ def generate_kwargs(method: Method, nfe: int, gen_length: int, generation_config
     steps = rule(nfe, config)
     if steps < 1:
         raise ValueError(f"method {method.label!r}: an NFE budget of {nfe} leaves no step (steps = {steps})")
-    # ref §6: no truncation at the first EOS. Ask generate() for every generated id explicitly.
-    eos = {"truncate_at_eos": False} if hasattr(config, "truncate_at_eos") else {"eos_token_id": []}
+    # ref §6: no truncation at the first EOS; ask generate() for every generated id explicitly.
     kwargs = dict(strategy=spec.strategy, steps=steps, gen_length=gen_length, num_return_sequences=1, **settings,
-                  **eos)
+                  truncate_at_eos=False)
     config.update(**kwargs)
     try:
         config.validate()
