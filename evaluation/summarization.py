@@ -355,13 +355,15 @@ STEP_RULES: Dict[str, Callable] = {
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A generation method: a `generate()` strategy, fixed settings, a block length snapped to a
-    divisor of G (None: not set), its NFE → steps rule (None: `STEP_RULES[strategy]`), and
-    `blocked`: why it cannot run yet (None: it can)."""
+    """A generation method (one row of `PRESETS`): a `generate()` strategy; fixed settings;
+    `derived(nfe, gen_length) -> settings` for those that depend on the budget or G (e.g. a block
+    snapped to a divisor of G, a noise level by NFE); the NFE → steps rule `steps(nfe, config)`
+    (None: `STEP_RULES[strategy]`); `blocked`: why it cannot run yet (None: it can). A method's
+    own settings (`NAME:key=value`) override the fixed and the derived ones."""
 
     strategy: str
     settings: Mapping[str, object] = field(default_factory=dict)
-    block_length: Optional[int] = None
+    derived: Optional[Callable[[int, int], Mapping[str, object]]] = None
     steps: Optional[Callable] = None
     blocked: Optional[str] = None
     source: str = ""
@@ -371,11 +373,13 @@ _LLADA_REMASK = dict(temperature=0.0, cfg_scale=0.0, remasking="low_confidence",
                      stop_at_eos=False)
 PRESETS: Dict[str, MethodSpec] = {
     "original_remask": MethodSpec(
-        "low_confidence", _LLADA_REMASK, block_length=256, steps=lambda nfe, config: nfe,
+        "low_confidence", _LLADA_REMASK, derived=lambda nfe, g: {"block_length": snap_block(256, g)},
+        steps=lambda nfe, config: nfe,
         source="ref §6: LLaDA's low-confidence remasking as the authors ran it: steps = NFE, temperature 0, "
                "cfg 0, block 256 snapped to a divisor of G"),
     "original_remask_eosInf_b32": MethodSpec(
-        "low_confidence", _LLADA_REMASK, block_length=32, steps=lambda nfe, config: nfe,
+        "low_confidence", _LLADA_REMASK, derived=lambda nfe, g: {"block_length": snap_block(32, g)},
+        steps=lambda nfe, config: nfe,
         blocked="it sets the EOS logit to -inf (LLaDA's logits_eos_inf) and generate() has no option to "
                 "suppress a token yet",
         source="ref §6: original_remask with block 32 and EOS 126081 logits at -inf (EoT allowed)"),
@@ -404,8 +408,7 @@ class Method:
             return {"label": self.label, "kind": "lead", "k": self.lead_k or "per dataset (data README)"}
         spec = self.spec
         return {"label": self.label, "kind": "generate", "name": self.name, "strategy": spec.strategy,
-                "preset_settings": dict(spec.settings), "settings": self.settings,
-                "block_length": spec.block_length, "source": spec.source}
+                "preset_settings": dict(spec.settings), "settings": self.settings, "source": spec.source}
 
 
 def _parse_value(text: str):
@@ -466,22 +469,23 @@ def generate_kwargs(method: Method, nfe: int, gen_length: int, generation_config
     """The exact `generate()` keyword arguments (all but the prompts and seeds) of `method` at an
     NFE budget; checked by the model's generation config (`ValueError` naming the problem)."""
     spec = method.spec
-    settings = {**spec.settings, **method.settings}
-    if spec.block_length is not None:
-        settings.setdefault("block_length", snap_block(spec.block_length, gen_length))
-    config = copy.deepcopy(generation_config)
-    unknown = config.update(strategy=spec.strategy, **settings)
+    derived = spec.derived(nfe, gen_length) if spec.derived else {}
+    settings = {**spec.settings, **derived, **method.settings}
+    unknown = sorted(k for k in settings if not hasattr(generation_config, k))
     if unknown:
-        raise ValueError(f"method {method.label!r}: unknown generate() settings {sorted(unknown)}")
-    rule = spec.steps or STEP_RULES[spec.strategy]
-    steps = rule(nfe, config)
+        raise ValueError(f"method {method.label!r}: unknown generate() settings {unknown}")
+    view = copy.deepcopy(generation_config)  # the settings the steps rule reads (integrator, cfg_scale, ...)
+    for key, value in settings.items():
+        setattr(view, key, value)
+    steps = (spec.steps or STEP_RULES[spec.strategy])(nfe, view)
     if steps < 1:
         raise ValueError(f"method {method.label!r}: an NFE budget of {nfe} leaves no step (steps = {steps})")
     # ref §6: no truncation at the first EOS; ask generate() for every generated id explicitly.
     kwargs = dict(strategy=spec.strategy, steps=steps, gen_length=gen_length, num_return_sequences=1, **settings,
                   truncate_at_eos=False)
-    config.update(**kwargs)
+    config = copy.deepcopy(generation_config)
     try:
+        config.update(**kwargs)
         config.validate()
     except ValueError as err:
         raise ValueError(f"method {method.label!r} at NFE {nfe}, gen_length {gen_length}: {err}") from None

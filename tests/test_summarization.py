@@ -301,6 +301,11 @@ def test_methods_table_and_nfe_rules(word_model_dir):
     assert heun.label == "heun" and heun.settings == {"integrator": "heun", "snr_schedule": "sensitive"}
     assert generate_kwargs(heun, 9, 64, config)["steps"] == 4
     assert parse_method("lead-3", strategies).lead_k == 3 and parse_method("lead-k", strategies).lead_k is None
+    # a method's own settings beat the preset's derived ones
+    assert generate_kwargs(parse_method("original_remask:block_length=64", strategies), 8, 256, config)[
+        "block_length"] == 64
+    with pytest.raises(ValueError, match="original_remask:block_length=64' at NFE 6, gen_length 256: steps"):
+        generate_kwargs(parse_method("original_remask:block_length=64", strategies), 6, 256, config)
     assert PRESETS["original_remask_eosInf_b32"].blocked
     with pytest.raises(ValueError, match="not available: it sets the EOS logit"):
         parse_method("original_remask_eosInf_b32", strategies)
@@ -312,6 +317,23 @@ def test_methods_table_and_nfe_rules(word_model_dir):
         generate_kwargs(parse_method("sde:bogus=1", strategies), 8, 64, config)
     with pytest.raises(ValueError, match="NFE budget of 1 leaves no step"):
         generate_kwargs(parse_method("sde", strategies), 1, 64, config)
+
+
+def test_a_preset_is_one_table_entry(word_model_dir, monkeypatch):
+    """E.g. an SDE preset with Heun steps S = NFE // 2 and a noise level chosen by NFE."""
+    from modeling_dsl import DSLForDiffusionLM
+    from modeling_dsl.generation_dsl import STRATEGIES
+
+    from evaluation.summarization import MethodSpec
+
+    monkeypatch.setitem(PRESETS, "toy_sde", MethodSpec(
+        "sde", {"integrator": "heun", "snr_schedule": "sensitive"},
+        derived=lambda nfe, g: {"noise_scale": 0.1 if nfe <= 8 else 0.05}, steps=lambda nfe, config: nfe // 2))
+    config = DSLForDiffusionLM.from_pretrained(word_model_dir).generation_config
+    method = parse_method("toy_sde", list(STRATEGIES))
+    kw8, kw16 = (generate_kwargs(method, n, 64, config) for n in (8, 16))
+    assert (kw8["steps"], kw8["noise_scale"], kw16["steps"], kw16["noise_scale"]) == (4, 0.1, 8, 0.05)
+    assert kw8["integrator"] == "heun" and kw8["strategy"] == "sde"
 
 
 # ----------------------------------------------------------------------------- prompts and chat templates
