@@ -15,7 +15,7 @@ Examples:
         --per_device_train_batch_size 8 --bf16 --ema_decay 0.999
 
     # DeepSpeed ZeRO-3 on 8 GPUs
-    accelerate launch --config_file trainers/configs/accelerate_zero3.yaml scripts/continue_pretrain.py \\
+    accelerate launch --num_processes 8 --config_file trainers/configs/accelerate_zero3.yaml scripts/continue_pretrain.py \\
         --model_name_or_path path/to/dsl --train_file data.jsonl --output_dir out/run
 
     # resume the latest checkpoint in output_dir
