@@ -183,7 +183,7 @@ def write_mdlm_fixture(folder: str, tokenizer: str) -> None:
 
     size = len(AutoTokenizer.from_pretrained(tokenizer))
     os.makedirs(folder, exist_ok=True)
-    write_mdlm_checkpoint(folder, cfg={**TINY, "vocab_size": size + 1})
+    write_mdlm_checkpoint(Path(folder), cfg={**TINY, "vocab_size": size + 1})
 
 
 if __name__ == "__main__":
