@@ -8,6 +8,9 @@ This file must import only the standard library, torch and transformers: it is s
 remote code next to the weights.
 """
 
+import difflib
+import functools
+import inspect
 import logging
 import math
 from typing import Optional
@@ -23,6 +26,9 @@ SNR_GRANULARITIES = ("token", "sequence")
 ROAR_TYPES = ("smoothed", "atomic")
 ROAR_ROW_RULES = ("bernoulli", "leading")
 SNR_PRESETS = ("paper", "authors_code")
+# What a checkpoint was trained for (`DSLTrainer(objective=...)`): the DSL objective (any sampler)
+# or the MDLM masked-diffusion baseline (masked samplers only). The names match trainers.OBJECTIVES.
+TRAINING_OBJECTIVES = ("dsl", "mdlm")
 
 # The authors' "unmasked" SNR for GPT-2's vocabulary: γ_hi = 100·ln V / ln 35 with V = 50257
 # (reference/dsl_official.md §8.2, `nll_roar`; §10.3), ≈ 304.47.
@@ -95,6 +101,13 @@ class DSLConfig(PretrainedConfig):
             whose preset fields differ from the named preset's is recorded as "custom" (see
             `preset_fields` and `matches_preset`), so the label never claims a preset that was
             overridden.
+        training_objective (`str`, "dsl"): what the weights were trained for: "dsl" (Algorithm 1) or
+            "mdlm" (the masked-diffusion baseline, `DSLTrainer(objective="mdlm")`; such a model is
+            meant for the masked samplers, and the trainer sets its generation default to "mdlm").
+
+    Any other keyword must be a field transformers' `PretrainedConfig` itself knows (`eos_token_id`,
+    `dtype`, `architectures`, ...); an unknown one (a misspelt field) raises `ValueError` naming the
+    closest valid field.
     """
 
     model_type = "dsl_diffusion"
@@ -135,6 +148,7 @@ class DSLConfig(PretrainedConfig):
         lognormal_sigma: float = 0.9,
         snr_clip: bool = False,
         snr_preset: str = "paper",
+        training_objective: str = "dsl",
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = False,
         **kwargs,
@@ -166,10 +180,31 @@ class DSLConfig(PretrainedConfig):
         self.lognormal_sigma = lognormal_sigma
         self.snr_clip = snr_clip
         self.snr_preset = snr_preset
+        self.training_objective = training_objective
         self.initializer_range = initializer_range
+        self.check_field_names(kwargs)
         kwargs.setdefault("auto_map", dict(self._default_auto_map))
         self.validate_fields()  # before transformers' own checks, which read derived fields like head_dim
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    @classmethod
+    def field_names(cls) -> list:
+        """The DSL fields: the keyword parameters of `__init__`."""
+        return [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "kwargs")]
+
+    @classmethod
+    def check_field_names(cls, names) -> None:
+        """Raise `ValueError` for a name that is neither a DSL field nor one transformers' base config
+        knows, naming the closest valid field (a misspelt `hidden_sise=64` would otherwise be stored as
+        junk and the model built with the default width)."""
+        known = _transformers_config_keys()
+        ours = cls.field_names()
+        unknown = [k for k in names if not (k in ours or k in known or k.startswith("_") or k.endswith("_token_id"))]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, ours + sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; the DSL fields are {ours}"
+            raise ValueError(f"DSLConfig got an unknown field {key!r}{hint}")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -355,12 +390,34 @@ class DSLConfig(PretrainedConfig):
         if self.snr_preset not in SNR_PRESETS + ("custom",):
             bad("snr_preset", f"one of {SNR_PRESETS + ('custom',)}")
         check_float("initializer_range", 0.0, math.inf, low_open=True, high_open=True)
+        if self.training_objective not in TRAINING_OBJECTIVES:
+            bad("training_objective", f"one of {TRAINING_OBJECTIVES}")
         # Last, once every field is valid: never claim a preset whose values were overridden.
         if self.snr_preset in SNR_PRESETS:
             mismatched = self.preset_mismatches(self.snr_preset)
             if mismatched:
                 logger.info("snr_preset=%r recorded as 'custom': %s differ from the preset", self.snr_preset, mismatched)
                 self.snr_preset = "custom"
+
+
+@functools.lru_cache(maxsize=None)
+def _transformers_config_keys() -> frozenset:
+    """Keywords transformers' own `PretrainedConfig` accepts: its dataclass fields, the keys
+    `__post_init__` / `from_dict` consume (`torch_dtype`, `num_labels`, `attn_implementation`, ...), the
+    generation parameters it drops, and what `save_pretrained` writes (`model_type`, `auto_map`, ...)."""
+    import dataclasses
+
+    from transformers import GenerationConfig
+
+    keys = {f.name for f in dataclasses.fields(PretrainedConfig)} if dataclasses.is_dataclass(PretrainedConfig) else set()
+    keys |= set(inspect.signature(PretrainedConfig.__init__).parameters) - {"self", "kwargs", "args"}
+    keys |= set(PretrainedConfig().to_dict())
+    keys |= set(GenerationConfig._get_default_generation_params())
+    keys |= {"torch_dtype", "dtype", "num_labels", "name_or_path", "attn_implementation", "experts_implementation",
+             "output_attentions", "per_layer_config", "model_type", "auto_map", "transformers_version",
+             "architectures", "tie_word_embeddings", "use_cache", "tokenizer_class", "prefix", "task_specific_params",
+             "finetuning_task", "return_dict", "output_hidden_states", "id2label", "label2id", "problem_type"}
+    return frozenset(keys)
 
 
 def _close(a: float, b: float) -> bool:

@@ -21,6 +21,7 @@ positions they would have alone. The returned `sequences` are left-padded to the
 import copy
 import logging
 import math
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -504,13 +505,20 @@ class DSLGenerationMixin:
             return
         if pretrained_model_name_or_path is None:
             return
+        local = os.path.join(str(pretrained_model_name_or_path), subfolder or "", "generation_config.json")
         try:
             self.generation_config = self.generation_config_class.from_pretrained(
                 pretrained_model_name_or_path, cache_dir=cache_dir, force_download=force_download, proxies=proxies,
                 local_files_only=local_files_only, token=token, revision=revision, subfolder=subfolder,
                 _from_auto=from_auto_class, _from_pipeline=from_pipeline,
             )
-        except OSError:
+        except (OSError, ValueError, TypeError) as err:
+            # A missing file means the defaults; a file that is there but unreadable or invalid is an
+            # error naming it (its saved sampler settings would otherwise be dropped without a word).
+            if os.path.isfile(local):
+                raise ValueError(f"{local}: invalid generation config: {err}") from None
+            if not isinstance(err, OSError):
+                raise ValueError(f"generation_config.json of {pretrained_model_name_or_path}: invalid: {err}") from None
             logger.info("No generation_config.json found; using the default DSLGenerationConfig.")
 
     def _prepare_generation_config(self, generation_config=None, **kwargs):
@@ -611,21 +619,37 @@ class DSLGenerationMixin:
                                    beta_scale=config.beta_scale)
 
     def _split_prompts(self, input_ids, attention_mask, config, device) -> List[torch.Tensor]:
-        repeats = config.num_return_sequences or 1
-        if not isinstance(repeats, int) or repeats < 1:
+        repeats = 1 if config.num_return_sequences is None else config.num_return_sequences
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"num_return_sequences must be an integer >= 1, got {repeats!r}")
         if input_ids is None:
             if attention_mask is not None:
                 raise ValueError("attention_mask given without input_ids")
             return [torch.zeros(0, dtype=torch.long, device=device) for _ in range(repeats)]
+        if not torch.is_tensor(input_ids):
+            raise ValueError(f"input_ids must be a tensor of token ids, got {type(input_ids).__name__}")
+        if input_ids.dtype == torch.bool or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex:
+            raise ValueError(f"input_ids must be an integer tensor of token ids, got dtype {input_ids.dtype}")
+        if attention_mask is not None:
+            if not torch.is_tensor(attention_mask):
+                raise ValueError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
+            if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+                raise ValueError("attention_mask must hold only 0 (padding) and 1 (prompt token)")
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
+            if attention_mask is not None and attention_mask.dim() == 1:
+                attention_mask = attention_mask.unsqueeze(0)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
             )
+        if attention_mask is not None and input_ids.shape[1] > 0:
+            empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"attention_mask: row(s) {empty} attend to no token (an empty prompt); for "
+                                 f"unprompted generation pass input_ids=None with num_return_sequences")
         vocab = self.config.vocab_size
         prompts = []
         for r in range(input_ids.shape[0]):

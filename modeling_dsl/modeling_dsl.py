@@ -90,6 +90,26 @@ class DSLPreTrainedModel(PreTrainedModel):
     # forward returns a per-micro-batch token mean; Trainer must divide by accumulation steps.
     accepts_loss_kwargs = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with load failures that name the file and what is wrong:
+        a PEFT adapter folder without `peft` installed, and a corrupted safetensors file."""
+        folder = str(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else ""
+        if os.path.isfile(os.path.join(folder, "adapter_config.json")):
+            try:
+                import peft  # noqa: F401
+            except ImportError:
+                raise ImportError(f"{folder} holds a PEFT LoRA adapter (adapter_config.json); loading it needs the "
+                                  f"`peft` package: pip install peft") from None
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as err:
+            if type(err).__name__ != "SafetensorError":
+                raise
+            names = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")) if os.path.isdir(folder) else []
+            where = ", ".join(os.path.join(folder, f) for f in names) or f"the safetensors file of {folder}"
+            raise OSError(f"{where}: not a valid safetensors file (corrupted or truncated?): {err}") from err
+
     def _init_weights(self, module):
         """DSL's own modules here; every other module by the backbone's `init_module`."""
         if isinstance(module, SphericalEmbedding):

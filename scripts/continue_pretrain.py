@@ -15,7 +15,7 @@ Examples:
         --per_device_train_batch_size 8 --bf16 --ema_decay 0.999
 
     # DeepSpeed ZeRO-3 on 8 GPUs
-    accelerate launch --config_file trainers/configs/accelerate_zero3.yaml scripts/continue_pretrain.py \\
+    accelerate launch --num_processes 8 --config_file trainers/configs/accelerate_zero3.yaml scripts/continue_pretrain.py \\
         --model_name_or_path path/to/dsl --train_file data.jsonl --output_dir out/run
 
     # resume the latest checkpoint in output_dir
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ import transformers  # noqa: E402
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed  # noqa: E402
 
 from modeling_dsl import DSLConfig, DSLForDiffusionLM  # noqa: E402
+from scripts.cli_checks import check_input_file, check_output_dir, check_source  # noqa: E402
 from modeling_dsl.configuration_dsl import SNR_PRESETS  # noqa: E402
 from trainers.data import (  # noqa: E402
     detokenize_wikitext,
@@ -95,7 +97,12 @@ class ModelArguments:
         default="converter", metadata={"help": "Comma-separated modules trained fully and stored in the adapter."})
     ema_decay: Optional[float] = field(
         default=None, metadata={"help": "Keep an EMA of the weights with this decay (authors: 0.999); used for "
-                                        "evaluation and saved to <output_dir>/ema."})
+                                        "evaluation and saved to <output_dir>/ema. Not with DeepSpeed ZeRO-3 "
+                                        "(partitioned parameters): use ZeRO-2."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete what --output_dir already holds and train from scratch there. "
+                                         "Without it (or --resume_from_checkpoint) a non-empty --output_dir is "
+                                         "refused, so a finished run is never replaced."})
 
 
 @dataclass
@@ -174,6 +181,50 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments) -> Non
         raise ValueError("pass --train_file or --dataset_name")
     if data_args.block_size < 3:
         raise ValueError(f"--block_size must be >= 3, got {data_args.block_size}")
+    try:
+        DSLConfig.check_field_names(parse_overrides(model_args.config_overrides))
+    except ValueError as err:
+        raise ValueError(f"--config_overrides: {err}") from None
+    check_source(model_args.model_name_or_path, "--model_name_or_path")
+    check_source(model_args.mdlm_checkpoint, "--mdlm_checkpoint")
+    check_source(data_args.tokenizer_name, "--tokenizer_name")
+    check_input_file(data_args.train_file, "--train_file")
+    check_input_file(data_args.validation_file, "--validation_file")
+
+
+def check_output_dir_arguments(model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """Refuse an --output_dir that holds files (a finished or running job) unless the run resumes
+    from it or --overwrite_output_dir asks to replace it; with --overwrite_output_dir the old
+    contents (model, trainer state, checkpoints) are deleted so nothing stale stays beside the new run."""
+    resuming = training_args.resume_from_checkpoint not in (None, "", "False", "false")
+    check_output_dir(training_args.output_dir, "--output_dir", model_args.overwrite_output_dir or resuming,
+                     "pass --overwrite_output_dir to replace it or --resume_from_checkpoint to continue it")
+    if model_args.overwrite_output_dir and resuming:
+        raise ValueError("pass only one of --overwrite_output_dir and --resume_from_checkpoint")
+    if model_args.overwrite_output_dir and os.path.isdir(training_args.output_dir):
+        with training_args.main_process_first(desc="clearing --output_dir"):
+            if training_args.process_index == 0 and os.path.isdir(training_args.output_dir):
+                logger.warning("--overwrite_output_dir: deleting the contents of %s", training_args.output_dir)
+                shutil.rmtree(training_args.output_dir)
+
+
+def check_block_size(max_positions: int, block_size: int) -> None:
+    if block_size > max_positions:
+        raise ValueError(f"--block_size {block_size} exceeds the model's max_position_embeddings {max_positions}; "
+                         f"use --block_size <= {max_positions}")
+
+
+def check_block_size_early(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """--block_size against the model's positions from config.json alone, before any weights load
+    (fresh models: the overrides or the default). Converted MDLM checkpoints are checked after loading."""
+    overrides = parse_overrides(model_args.config_overrides)
+    if model_args.model_name_or_path:
+        positions = DSLConfig.from_pretrained(model_args.model_name_or_path).max_position_embeddings
+    elif model_args.mdlm_checkpoint:
+        return
+    else:
+        positions = overrides.get("max_position_embeddings", DSLConfig().max_position_embeddings)
+    check_block_size(positions, data_args.block_size)
     if not 0 < data_args.validation_split_percentage < 100:
         raise ValueError(f"--validation_split_percentage must be in (0, 100), got {data_args.validation_split_percentage}")
 
@@ -198,6 +249,7 @@ def build_model(model_args: ModelArguments, tokenizer) -> DSLForDiffusionLM:
         snr = DSLConfig.preset_fields(model_args.snr_preset, model.config.vocab_size) if model_args.snr_preset else {}
         # Only the training-time SNR fields: β and the mask bias are already learned weights.
         # validate_fields() records snr_preset "custom" if the result is not the preset exactly.
+        DSLConfig.check_field_names(overrides)
         fixed = sorted(set(overrides) - set(TRAINING_FIELDS))
         if fixed:
             raise ValueError(f"--config_overrides can only change training-time fields {TRAINING_FIELDS} of a "
@@ -265,8 +317,14 @@ def build_datasets(data_args: DataArguments, tokenizer, training_args: TrainingA
     """(train, eval) datasets of packed blocks or prompt/response rows."""
 
     def raw(source, split):
-        ds = load_raw_dataset(source, split=split, dataset_config_name=data_args.dataset_config_name,
-                              sample_by=data_args.sample_by)
+        try:
+            ds = load_raw_dataset(source, split=split, dataset_config_name=data_args.dataset_config_name,
+                                  sample_by=data_args.sample_by)
+        except Exception as err:  # datasets' DatasetGenerationError names neither the file nor the cause
+            if type(err).__name__ != "DatasetGenerationError":
+                raise
+            cause = err.__cause__ or err.__context__ or err
+            raise ValueError(f"could not read {source!r}: {type(cause).__name__}: {cause}") from err
         if data_args.wikitext_detokenize:
             column = data_args.text_column
             ds = ds.map(lambda b: {column: [detokenize_wikitext(t) for t in b[column]]}, batched=True)
@@ -309,6 +367,8 @@ def main(argv=None, callbacks=None) -> dict:
     """Run one training job; returns the train/eval metrics. `callbacks` are extra TrainerCallbacks."""
     model_args, data_args, training_args = parse_args(argv)  # TrainingArguments first: ZeRO-3 load order
     check_arguments(model_args, data_args)
+    check_output_dir_arguments(model_args, training_args)
+    check_block_size_early(model_args, data_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
@@ -316,6 +376,7 @@ def main(argv=None, callbacks=None) -> dict:
 
     tokenizer = load_tokenizer(model_args, data_args)
     model = build_model(model_args, tokenizer)
+    check_block_size(model.config.max_position_embeddings, data_args.block_size)
     model = apply_training_mode(model, model_args)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args)
     logger.info("train rows: %d, eval rows: %d", len(train_dataset), len(eval_dataset))

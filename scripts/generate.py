@@ -17,6 +17,7 @@ is decoded with special tokens removed unless `--no-skip-special-tokens` (as DSL
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 
 import torch  # noqa: E402
 
-from modeling_dsl.generation_dsl import FIELDS, field_help  # noqa: E402
+from modeling_dsl.generation_dsl import FIELDS, DSLGenerationConfig, field_help  # noqa: E402
+from scripts.cli_checks import check_output_file, check_source, describe_missing  # noqa: E402
 
 # Fields this script sets through its own options: --seed (row r of the run uses seed + r) and
 # --plot-diagnostics (turns output_diagnostics on).
@@ -84,6 +86,26 @@ def parse_args(argv=None):
         parser.error("--num-samples must be >= 1")
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    # Every path is checked before the model loads, so no sampling is lost to a bad output path.
+    try:
+        check_source(args.checkpoint, "checkpoint")
+        check_output_file(args.output, "--output")
+        check_output_file(args.plot_diagnostics, "--plot-diagnostics")
+        if args.prompts_file is not None and not Path(args.prompts_file).is_file():
+            raise FileNotFoundError(f"--prompts-file: no such file: {args.prompts_file!r}")
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    if os.path.isfile(os.path.join(args.checkpoint, "adapter_config.json")):
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            parser.error(f"{args.checkpoint} holds a PEFT LoRA adapter; loading it needs the `peft` package "
+                         f"(pip install peft)")
+    if args.plot_diagnostics:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot-diagnostics needs matplotlib (pip install matplotlib)")
     return args
 
 
@@ -92,8 +114,13 @@ def overrides(args) -> dict:
     return {name: getattr(args, name) for name in FIELDS if name not in SCRIPT_FIELDS and hasattr(args, name)}
 
 
-def plot_diagnostics(traces, path: str) -> None:
-    """Fig. 2-style traces: mean over samples of each per-step diagnostic, one panel each."""
+def plot_diagnostics(traces, path: str, switch_step=None) -> None:
+    """Fig. 2-style traces: mean over samples of each per-step diagnostic, one panel each.
+
+    Tick labels are plain numbers (no matplotlib offset such as "1e-6+9.9995e-1" for u_t ≈ 0.99998);
+    every step is drawn as a marker, so a one-step run shows its point; a diagnostic the sampler
+    does not record (all NaN) says so in its panel; `switch_step` (hybrid: the number of SDE steps)
+    draws a dashed line where the discrete finish takes over."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +132,15 @@ def plot_diagnostics(traces, path: str) -> None:
     for ax, (key, title) in zip(axes, names):
         values = torch.cat([t[key] for t in traces], dim=1).float()  # (steps, samples)
         mean = torch.nanmean(values, dim=1)
-        ax.plot(range(1, len(mean) + 1), mean.numpy())
+        steps = range(1, len(mean) + 1)
+        ax.plot(steps, mean.numpy(), marker="o", markersize=4 if len(mean) <= 64 else 0)
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        ax.set_xlim(0.5, len(mean) + 0.5)
+        if bool(torch.isnan(mean).all()):
+            ax.text(0.5, 0.5, "not recorded\nby this sampler", ha="center", va="center", transform=ax.transAxes)
+        if switch_step is not None and 0 < switch_step < len(mean):
+            ax.axvline(switch_step + 0.5, color="grey", linestyle="--", linewidth=1, label="SDE → discrete")
+            ax.legend(loc="best", fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("step")
     rewrites = torch.cat([t["rewrites"].flatten() for t in traces]).float()
@@ -114,6 +149,13 @@ def plot_diagnostics(traces, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def hybrid_switch_step(model, args):
+    """The number of SDE steps of a hybrid run (where its trace switches to the discrete finish), else None."""
+    config = DSLGenerationConfig.from_dict(model.generation_config.to_dict())
+    config.update(**overrides(args))
+    return config.hybrid_step_split()[0] if config.strategy == "hybrid" else None
 
 
 def generate_texts(model, tokenizer, args, prompts):
@@ -158,7 +200,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=True)  # its config.json has an auto_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=True)  # config.json has an auto_map
+    except OSError as err:
+        raise OSError(f"{describe_missing(args.checkpoint, 'checkpoint')}: {err}") from None
     if tokenizer.pad_token is None:  # GPT-2 has none; generate() only reads the attention mask
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModel.from_pretrained(args.checkpoint, trust_remote_code=True,
@@ -174,7 +219,7 @@ def main(argv=None) -> int:
             for record in records:
                 f.write(json.dumps(record) + "\n")
     if args.plot_diagnostics:
-        plot_diagnostics(traces, args.plot_diagnostics)
+        plot_diagnostics(traces, args.plot_diagnostics, switch_step=hybrid_switch_step(model, args))
         print(f"diagnostics plot written to {args.plot_diagnostics}", file=sys.stderr)
     return 0
 

@@ -167,14 +167,14 @@ def test_convert_checkpoint_script_writes_a_loadable_dsl_checkpoint(tmp_path, to
 
     mdlm = tmp_path / "mdlm"
     mdlm.mkdir()
-    state = write_mdlm_checkpoint(mdlm)
+    state = write_mdlm_checkpoint(mdlm, cfg={**TINY, "vocab_size": 385})  # V = 384 real tokens: the tokenizer's
     out = tmp_path / "dsl"
     script = Path(__file__).resolve().parents[1] / "scripts" / "convert_checkpoint.py"
     proc = subprocess.run([sys.executable, str(script), "--mdlm", str(mdlm), "--output", str(out),
                            "--tokenizer", str(tok_dir), "--noise-dim", "16"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "V=40, mask id 40" in proc.stdout
+    assert "V=384, mask id 384" in proc.stdout
     model = DSLForDiffusionLM.from_pretrained(out)
     assert model.config.noise_dim == 16
     torch.testing.assert_close(model.backbone.blocks[1].mlp[0].weight, state["backbone.blocks.1.mlp.0.weight"])

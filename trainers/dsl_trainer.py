@@ -242,6 +242,68 @@ class EMACallback(TrainerCallback):
 # ----------------------------------------------------------------------------- trainer
 
 
+ADAPTER_CARD = """---
+library_name: peft
+tags:
+- dsl-diffusion
+- lora
+---
+
+# LoRA adapter for a DSL diffusion language model
+
+A PEFT LoRA adapter trained with `trainers.DSLTrainer` (objective `{objective}`) on the DSL checkpoint
+`{base}`. It holds the low-rank weights of the backbone modules {targets} and full copies of
+{saved} (`modules_to_save`); it is not a full model.
+
+Loading needs the [`peft`](https://github.com/huggingface/peft) package (`pip install peft`):
+
+```python
+from peft import PeftModel
+from transformers import AutoModel
+
+base = AutoModel.from_pretrained("{base}", trust_remote_code=True)
+model = PeftModel.from_pretrained(base, "path/to/this/folder")
+model = model.merge_and_unload()  # optional: a plain DSLForDiffusionLM
+out = model.generate(strategy="{strategy}", steps=64, gen_length=48)
+```
+
+LoRA: r = {r}, alpha = {alpha}, dropout = {dropout}.
+"""
+
+
+def write_adapter_card(model, output_dir: str, objective: str) -> None:
+    """Replace the template README.md that PEFT writes beside an adapter (a page of "[More
+    Information Needed]") by a card that says what the adapter is and that loading it needs `peft`."""
+    config = next(iter(model.peft_config.values()))
+    targets = config.target_modules
+    targets = f"matching `{targets}`" if isinstance(targets, str) else ", ".join(f"`{t}`" for t in sorted(targets))
+    saved = ", ".join(f"`{m}`" for m in (config.modules_to_save or [])) or "no module"
+    dsl = unwrap_to_dsl(model)
+    text = ADAPTER_CARD.format(objective=objective, base=config.base_model_name_or_path or "the base checkpoint",
+                               targets=targets, saved=saved, r=config.r, alpha=config.lora_alpha,
+                               dropout=config.lora_dropout,
+                               strategy=getattr(dsl.generation_config, "strategy", "sde"))
+    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# Samplers that feed only masked (γ = 0) and visible tokens: the ones an MDLM-objective model serves.
+MASKED_STRATEGIES = ("mdlm", "remdm", "low_confidence", "roar")
+
+
+def record_objective(model, objective: str) -> None:
+    """Record the training objective in the model's config (`training_objective`, saved in
+    config.json), and give an `objective="mdlm"` model a masked sampler (`mdlm`) as its saved
+    generation default unless one is already set: such a model never saw the intermediate SNRs the
+    `sde` / `hybrid` / `correct` samplers feed."""
+    model.config.training_objective = objective
+    generation = getattr(model, "generation_config", None)
+    if objective == "mdlm" and generation is not None and getattr(generation, "strategy", None) not in MASKED_STRATEGIES:
+        logger.info("objective='mdlm': the saved generation default becomes strategy='mdlm' (was %r)",
+                    generation.strategy)
+        generation.strategy = "mdlm"
+
+
 class DSLTrainer(Trainer):
     """`transformers.Trainer` for DSL models (Algorithm 1) and the MDLM baseline.
 
@@ -280,6 +342,7 @@ class DSLTrainer(Trainer):
             raise ValueError(f"mdlm_eps must be in (0, 1), got {mdlm_eps}")
         dsl_model = unwrap_to_dsl(model)
         self.dsl_config = dsl_model.config
+        record_objective(dsl_model, objective)
         if data_collator is None:
             processing = kwargs.get("processing_class")
             pad = getattr(processing, "pad_token_id", None)
@@ -495,6 +558,13 @@ class DSLTrainer(Trainer):
             ema.resume_from = resume_from_checkpoint
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None):
+        """`Trainer._save`; a PEFT adapter folder gets a real model card instead of PEFT's template."""
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if hasattr(self.model, "peft_config") and self.args.should_save:
+            write_adapter_card(self.model, output_dir, self.objective)
 
     def save_ema_model(self, output_dir: str) -> None:
         """Save the model with the EMA weights swapped in (a loadable `save_pretrained` folder)."""
