@@ -599,6 +599,8 @@ def sde(
     noise_scale: float = 1.0,
     posterior_top_k: Optional[int] = None,
     z_init: Optional[torch.Tensor] = None,
+    parameterization: str = "z",
+    init: str = "zero",
     generator: GeneratorArg = None,
     diagnostics: bool = False,
     diagnostics_p: float = 0.9,
@@ -624,6 +626,13 @@ def sde(
         posterior_top_k: x̂ = softmax(top-k logits) @ E[top-k] (renormalised over the k most
             likely tokens). Diagnostics still describe the full p_θ.
         z_init: (B, L, d) start state at γ_0 (e.g. to continue a path).
+        parameterization: "z" integrates dz = x̂ dγ + noise_scale·dW; "y" (DSL-LLaDA's SDE,
+            reference llada_dsl.md §5.5) integrates y = z/γ with dy = f dγ + g dW, f = (x̂ − y)/γ,
+            g = noise_scale/γ (the same SDE in continuous time: dz = y dγ + γ dy = x̂ dγ + η dW,
+            so noise_scale is their η), the denoiser seeing z = γ·y; Heun then averages f and g
+            of the two ends with the same ΔW = √Δγ·N(0, I), as their code does.
+        init: "zero" (z = 0 at γ_0) or "unit" (DSL-LLaDA's norm init: y_0 = ε/‖ε‖ per position,
+            z_0 = γ_0·y_0; ε is drawn before the first step's noise).
     Returns:
         [`SamplerOutput`]: tokens = argmax of the final denoiser logits at generated positions;
         `extra["z"]` the final state, `extra["final_logits"]` (N, V) at the generated positions
@@ -636,6 +645,10 @@ def sde(
     _check_num("noise_scale", noise_scale, 0.0)
     _check_int("posterior_top_k", posterior_top_k, 1, optional=True)
     _check_num("diagnostics_p", diagnostics_p, 0.0, 1.0, low_open=True)
+    if parameterization not in ("z", "y"):
+        raise ValueError(f"parameterization must be 'z' or 'y', got {parameterization!r}")
+    if init not in ("zero", "unit"):
+        raise ValueError(f"init must be 'zero' or 'unit', got {init!r}")
     index = _GenIndex(generate_mask)
     device = tokens.device
     batch, length = tokens.shape
@@ -656,20 +669,47 @@ def sde(
         logits = den.logits(feats[index.rows, index.cols]).float()
         return logits, posterior_mean(logits, emb, posterior_top_k)
 
+    y = None  # the y-form state z/γ of the generated positions
+    if init == "unit":
+        eps = rng.ragged("normal", index.counts, (emb.shape[1],))
+        y = eps / eps.norm(dim=-1, keepdim=True)
+        z[index.rows, index.cols] = y * path[:, :1].float()
     z_gen = z[index.rows, index.cols]
+    if parameterization == "y":
+        if bool((path[:, 0] <= 0).any()):
+            raise ValueError("snr_path must start above 0 for parameterization='y' (y = z/γ)")
+        y = z_gen / path[:, :1].float() if y is None else y
     for k in _progress(range(steps), progress, "sde"):
         delta = (path[:, k + 1] - path[:, k]).clamp_min(0).float().unsqueeze(-1)  # (N, 1)
-        noise = rng.ragged("normal", index.counts, (emb.shape[1],)) * (noise_scale * delta.sqrt())
-        logits, x_hat = evaluate(z)
-        nfe += 1
-        if integrator == "heun":
-            z_pred = z.clone()
-            z_pred[index.rows, index.cols] = z_gen + x_hat * delta + noise
-            _, x_hat_2 = evaluate(z_pred)
+        if parameterization == "y":
+            s_now, s_next = path[:, k].float().unsqueeze(-1), path[:, k + 1].float().unsqueeze(-1)
+            d_w = rng.ragged("normal", index.counts, (emb.shape[1],)) * delta.sqrt()
+            logits, x_hat = evaluate(z)
             nfe += 1
-            z_gen = z_gen + 0.5 * (x_hat + x_hat_2) * delta + noise
+            f_now, g_now = (x_hat - y) / s_now, noise_scale / s_now
+            if integrator == "heun":
+                y_pred = y + f_now * delta + g_now * d_w
+                z_pred = z.clone()
+                z_pred[index.rows, index.cols] = s_next * y_pred
+                _, x_hat_2 = evaluate(z_pred)
+                nfe += 1
+                f_next, g_next = (x_hat_2 - y_pred) / s_next, noise_scale / s_next
+                y = y + 0.5 * (f_now + f_next) * delta + 0.5 * (g_now + g_next) * d_w
+            else:
+                y = y + f_now * delta + g_now * d_w
+            z_gen = s_next * y
         else:
-            z_gen = z_gen + x_hat * delta + noise
+            noise = rng.ragged("normal", index.counts, (emb.shape[1],)) * (noise_scale * delta.sqrt())
+            logits, x_hat = evaluate(z)
+            nfe += 1
+            if integrator == "heun":
+                z_pred = z.clone()
+                z_pred[index.rows, index.cols] = z_gen + x_hat * delta + noise
+                _, x_hat_2 = evaluate(z_pred)
+                nfe += 1
+                z_gen = z_gen + 0.5 * (x_hat + x_hat_2) * delta + noise
+            else:
+                z_gen = z_gen + x_hat * delta + noise
         z = z.clone()
         z[index.rows, index.cols] = z_gen
         if diagnostics or callback is not None:
