@@ -121,8 +121,12 @@ class Denoiser:
     """
 
     def __init__(self, features_fn: Callable, head_fn: Optional[Callable], embeddings: torch.Tensor,
-                 visible_snr: float, mask_token_id: Optional[int] = None):
+                 visible_snr: float, mask_token_id: Optional[int] = None,
+                 token_features_fn: Optional[Callable] = None):
         self.features_fn = features_fn
+        # Optional (tokens (B, L), visible (B, L) bool) → features: the masked samplers' discrete
+        # states fed as the published model's own inputs (`token_inputs="backbone"`).
+        self.token_features_fn = token_features_fn
         self.head_fn = head_fn
         self.embeddings = embeddings.float()
         self.visible_snr = float(visible_snr)
@@ -131,7 +135,8 @@ class Denoiser:
 
     @classmethod
     def from_model(cls, model, attention_mask: Optional[torch.Tensor] = None, *, visible_snr: Optional[float] = None,
-                   beta: Optional[float] = None, beta_scale: float = 1.0) -> "Denoiser":
+                   beta: Optional[float] = None, beta_scale: float = 1.0, tokens: Optional[torch.Tensor] = None,
+                   clean_mask: Optional[torch.Tensor] = None, token_inputs: str = "converter") -> "Denoiser":
         """Wrap a `DSLForDiffusionLM`: features = hidden states, head = the per-position LM head.
 
         Args:
@@ -142,6 +147,13 @@ class Denoiser:
                 learned β.
             beta_scale: β_inf = beta_scale · β_learned (DSL-LLaDA decodes with 2×); 1.0 = no
                 change. Give at most one of `beta` and `beta_scale`.
+            tokens, clean_mask: (B, L) ids and bool; the marked (prompt) positions are fed as the
+                backbone's own token embedding instead of the converter output
+                (`prompt_embedding="backbone"`, DSL-LLaDA's clean wte(prompt)). In a doubled (CFG)
+                batch only the conditional half is, the unconditional half keeps its masked prompt.
+            token_inputs: "converter", or "backbone": the masked samplers' discrete states (visible
+                tokens and masks alike) are fed as the backbone's own token embedding, i.e. the
+                published model itself (LLaDA's generate.py); continuous SDE states still use the converter.
         """
         _check_num("visible_snr", visible_snr, 0.0, low_open=True, optional=True)
         _check_num("beta", beta, 0.0, low_open=True, optional=True)
@@ -153,14 +165,31 @@ class Denoiser:
         converter_kwargs = {} if beta is None else {"beta": beta}
         mask = attention_mask
 
-        def features(z):
+        if token_inputs not in ("converter", "backbone"):
+            raise ValueError(f"token_inputs must be 'converter' or 'backbone', got {token_inputs!r}")
+
+        def batch_mask(rows):
             m = mask
-            if m is not None and m.shape[0] != z.shape[0]:  # e.g. CFG doubles the batch
-                m = m.repeat(z.shape[0] // m.shape[0], 1)
-            return model.hidden_states(z, m, **converter_kwargs)
+            if m is not None and m.shape[0] != rows:  # e.g. CFG doubles the batch
+                m = m.repeat(rows // m.shape[0], 1)
+            return m
+
+        def features(z):
+            m = batch_mask(z.shape[0])
+            if clean_mask is None or not bool(clean_mask.any()):
+                return model.hidden_states(z, m, **converter_kwargs)
+            clean = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
+            clean[: clean_mask.shape[0]] = clean_mask  # the conditional half only
+            ids = tokens.repeat(z.shape[0] // tokens.shape[0], 1)
+            return model.hidden_states_with_clean(z, m, clean_ids=ids, clean_mask=clean, **converter_kwargs)
+
+        def token_features(ids, visible):
+            ids = ids.masked_fill(~visible, model.config.mask_token_id)
+            return model.hidden_states_from_tokens(ids, batch_mask(ids.shape[0]))
 
         snr = model.config.effective_visible_snr if visible_snr is None else visible_snr
-        return cls(features, model.logits_from_hidden, model.noise_embeddings(), snr, model.config.mask_token_id)
+        return cls(features, model.logits_from_hidden, model.noise_embeddings(), snr, model.config.mask_token_id,
+                   token_features if token_inputs == "backbone" else None)
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
         return self.features_fn(z)
@@ -381,20 +410,30 @@ class _Draft:
         out[self.index.rows, self.index.cols] = self.is_masked
         return out
 
-    def z(self, condition: bool = True) -> torch.Tensor:
-        """Noise-space state: visible tokens at the denoiser's visible SNR, masks at z = 0
-        (`condition=False`: the fixed positions masked too, for CFG)."""
+    def visible(self, condition: bool = True) -> torch.Tensor:
+        """(B, L) bool, the visible positions (`condition=False`: the fixed positions masked too, for CFG)."""
         visible = ~self.index.mask if condition else torch.zeros_like(self.index.mask)
         visible = visible.clone()
         visible[self.index.rows, self.index.cols] = ~self.is_masked
-        return self.den.draft_embeds(self.tokens(), visible)
+        return visible
+
+    def z(self, condition: bool = True) -> torch.Tensor:
+        """Noise-space state: visible tokens at the denoiser's visible SNR, masks at z = 0
+        (`condition=False`: the fixed positions masked too, for CFG)."""
+        return self.den.draft_embeds(self.tokens(), self.visible(condition))
 
     def logits(self, flat: torch.Tensor, diagnostic: bool = False) -> torch.Tensor:
         """fp32 logits (n, V) of p_θ at flat generated positions `flat` for the current state.
         `diagnostic=True` does not count a network run made only for it."""
         if self.features is None:
-            z = self.z()
-            self.features = self.den.features(torch.cat([z, self.z(False)]) if self.cfg_scale > 0 else z)
+            if self.den.token_features_fn is not None:  # the published model's own discrete inputs
+                conditions = (True, False) if self.cfg_scale > 0 else (True,)
+                tokens = self.tokens()
+                self.features = self.den.token_features_fn(tokens.repeat(len(conditions), 1),
+                                                           torch.cat([self.visible(c) for c in conditions]))
+            else:
+                z = self.z()
+                self.features = self.den.features(torch.cat([z, self.z(False)]) if self.cfg_scale > 0 else z)
             self.counted = False
         if not diagnostic and not self.counted:
             self.nfe += 2 if self.cfg_scale > 0 else 1

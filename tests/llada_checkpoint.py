@@ -57,8 +57,9 @@ def llada_config(vocab_size: int, mask_token_id: int, eos_token_id: int, **shape
     }
 
 
-def llada_state_dict(config: dict, seed: int = 0, std: float = 0.3) -> dict:
-    """Random tensors under the published names and shapes (§1.2); norm weights 1 + N(0, 0.1²)."""
+def llada_state_dict(config: dict, seed: int = 0, std: float = 0.3, head_std: float = 0.2) -> dict:
+    """Random tensors under the published names and shapes (§1.2): wte N(0, 1), LM head N(0, head_std²),
+    other matrices N(0, std²), norm weights 1 + N(0, 0.1²)."""
     g = torch.Generator().manual_seed(seed)
     d, f, v = config["d_model"], config["mlp_hidden_size"], config["embedding_size"]
     kv = config["n_kv_heads"] * d // config["n_heads"]
@@ -76,7 +77,7 @@ def llada_state_dict(config: dict, seed: int = 0, std: float = 0.3) -> dict:
             b + "ff_proj.weight": w(f, d), b + "up_proj.weight": w(f, d), b + "ff_out.weight": w(d, f),
         })
     state[p + "ln_f.weight"] = 1 + w(d, scale=0.1)
-    state[p + "ff_out.weight"] = w(v, d, scale=1.0)
+    state[p + "ff_out.weight"] = w(v, d, scale=head_std)
     return state
 
 
@@ -99,7 +100,7 @@ def released_dsl_tensors(config: dict, noise_dim: int = 12, seed: int = 1, beta:
 
 def write_llada_checkpoint(path, tokenizer=None, *, vocab_size=None, mask_token_id=None, eos_token_id=None,
                            seed=0, shards=2, released=False, noise_dim=12, dtype=torch.float32,
-                           drop=(), reshape=None, **shape):
+                           drop=(), reshape=None, head_std=0.2, **shape):
     """Write a tiny LLaDA-format checkpoint (or, with `released=True`, DSL-LLaDA's released format)
     to `path` and return its tensors (fp32, published names) for reference computations.
 
@@ -117,7 +118,7 @@ def write_llada_checkpoint(path, tokenizer=None, *, vocab_size=None, mask_token_
         eos_token_id = tokenizer.eos_token_id
         tokenizer.save_pretrained(path)
     config = llada_config(vocab_size, mask_token_id, eos_token_id, **shape)
-    state = llada_state_dict(config, seed)
+    state = llada_state_dict(config, seed, head_std=head_std)
     if released:
         state.update(released_dsl_tensors(config, noise_dim))
     for key in drop:

@@ -1,0 +1,255 @@
+"""The LLaDA backbone (issue 14): published-format loading, parity with a re-implementation of
+LLaDA's forward (reference llada_dsl.md §2), the released DSL-LLaDA format (§5), the DSL-LLaDA SDE
+preset (§5.5) and LLaDA's own low-confidence sampler (§3), generation from a saved model without
+the package."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_config
+from llada_checkpoint import llada_tokenizer, write_llada_checkpoint
+from modeling_dsl import DSLConfig, DSLForDiffusionLM, SNRSampler
+
+P = "model.transformer."
+V, MASK, EOS = 60, 55, 0
+
+
+# ----------------------------------------------------------------------------- reference implementations
+
+
+def reference_llada(state, cfg, input_ids=None, inputs_embeds=None, attention_mask=None):
+    """LLaDA's forward written out from llada_dsl.md §2 (fp32): logits (B, L, V)."""
+    x = state[P + "wte.weight"][input_ids] if inputs_embeds is None else inputs_embeds
+    batch, length, d = x.shape
+    heads, kv = cfg["n_heads"], cfg["n_kv_heads"]
+    hd = d // heads
+    bias = None
+    if attention_mask is not None and bool((attention_mask == 0).any()):
+        bias = ((1.0 - attention_mask.float()) * torch.finfo(torch.float32).min)[:, None, None, :]
+    inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, hd, 2).float() / hd))
+    ang = torch.arange(length).float()[:, None] * inv[None]
+    ang = torch.cat([ang, ang], dim=-1)  # [f, f]
+    cos, sin = ang.cos(), ang.sin()
+
+    def rot(t):
+        return torch.cat([-t[..., hd // 2:], t[..., : hd // 2]], dim=-1)
+
+    def rms(t, w):
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + cfg["rms_norm_eps"]) * w
+
+    for i in range(cfg["n_layers"]):
+        b = f"{P}blocks.{i}."
+        h = rms(x, state[b + "attn_norm.weight"])
+        q = (h @ state[b + "q_proj.weight"].T).view(batch, length, heads, hd).transpose(1, 2)
+        k = (h @ state[b + "k_proj.weight"].T).view(batch, length, kv, hd).transpose(1, 2)
+        v = (h @ state[b + "v_proj.weight"].T).view(batch, length, kv, hd).transpose(1, 2)
+        q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+        k, v = k.repeat_interleave(heads // kv, 1), v.repeat_interleave(heads // kv, 1)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+        if bias is not None:
+            scores = scores + bias
+        att = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, length, d)
+        x = x + att @ state[b + "attn_out.weight"].T
+        h = rms(x, state[b + "ff_norm.weight"])
+        x = x + (F.silu(h @ state[b + "ff_proj.weight"].T) * (h @ state[b + "up_proj.weight"].T)) @ state[
+            b + "ff_out.weight"].T
+    return rms(x, state[P + "ln_f.weight"]) @ state[P + "ff_out.weight"].T
+
+
+def reference_converter(state, z, beta=None):
+    """DSL-LLaDA's SoftmaxConvertBias (§5.2): π = softmax(β z [E;0]ᵀ + b), h = Wπ + c, their raw E."""
+    E = state["converter.embed.weight"]
+    keys = torch.cat([E, torch.zeros(1, E.shape[1])])
+    b = state["converter.beta"] if beta is None else beta
+    pi = torch.softmax(b * (z @ keys.T) + state["converter.logit_bias"], dim=-1)
+    return pi @ state["converter.backbone_embedding.weight"].T + state["converter.backbone_embedding.bias"]
+
+
+def reference_llada_generate(model_fn, prompt, steps, gen_length, block_length, cfg_scale, mask_id):
+    """LLaDA's generate.py at temperature 0 with low-confidence remasking (§3), batch of one, no
+    attention mask. `model_fn(ids) -> logits`."""
+    x = torch.full((1, prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    x[:, : prompt.shape[1]] = prompt
+    prompt_index = x != mask_id
+    blocks = gen_length // block_length
+    per_block = steps // blocks
+    for nb in range(blocks):
+        lo, hi = prompt.shape[1] + nb * block_length, prompt.shape[1] + (nb + 1) * block_length
+        m = (x[:, lo:hi] == mask_id).sum(dim=1, keepdim=True)
+        base, rem = m // per_block, m % per_block
+        k = torch.zeros(1, per_block, dtype=torch.long) + base
+        k[:, : int(rem)] += 1
+        for i in range(per_block):
+            mask_index = x == mask_id
+            if cfg_scale > 0:
+                un = x.clone()
+                un[prompt_index] = mask_id
+                logits = model_fn(torch.cat([x, un]))
+                c, u = logits[:1], logits[1:]
+                logits = u + (cfg_scale + 1) * (c - u)
+            else:
+                logits = model_fn(x)
+            x0 = logits.argmax(-1)
+            p = F.softmax(logits.double(), dim=-1)
+            conf = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)
+            conf[:, hi:] = -math.inf
+            x0 = torch.where(mask_index, x0, x)
+            conf = torch.where(mask_index, conf, torch.tensor(-math.inf, dtype=conf.dtype))
+            _, select = torch.topk(conf[0], k=int(k[0, i]))
+            x[0, select] = x0[0, select]
+    return x
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def llada_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llada")
+    state = write_llada_checkpoint(path, vocab_size=V, mask_token_id=MASK, eos_token_id=EOS, shards=3)
+    return path, state
+
+
+def config_json(path):
+    import json
+
+    return json.loads((path / "config.json").read_text())
+
+
+# ----------------------------------------------------------------------------- loading and parity
+
+
+def test_parity_with_the_reference_forward_no_mask_and_left_padding(llada_dir):
+    path, state = llada_dir
+    cfg = config_json(path)
+    model = DSLForDiffusionLM.from_llada(str(path)).eval()
+    assert model.config.rope_theta == 500000.0 and model.config.backbone_type == "llada"
+    ids = torch.randint(0, V, (3, 11), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+    mask[2, :1] = 0
+    with torch.no_grad():
+        for attn in (None, mask):
+            ours = model.logits_from_hidden(model.hidden_states_from_tokens(ids, attn))
+            ref = reference_llada(state, cfg, ids, attention_mask=attn)
+            torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+        # the mask matters, and padded queries still attend to the real keys (as LLaDA)
+        plain = model.logits_from_hidden(model.hidden_states_from_tokens(ids))
+        assert (plain[1] - ours[1]).abs().max() > 1e-3
+
+
+def test_converter_starts_as_dsl_llada_and_freezes_the_authors_defaults(llada_dir):
+    path, state = llada_dir
+    torch.manual_seed(0)
+    model = DSLForDiffusionLM.from_llada(str(path))
+    cfg = model.config
+    assert (cfg.snr_preset, cfg.noise_dim, cfg.snr_max, cfg.vocab_size, cfg.mask_token_id) == ("dsl_llada", 100, 100.0,
+                                                                                               V, MASK)
+    W = model.converter.backbone_embedding.weight
+    wte = state[P + "wte.weight"]
+    assert torch.equal(W[:, :V], wte.T) and torch.equal(W[:, V], wte[MASK])
+    c = model.converter.backbone_embedding.bias
+    assert c.abs().max() <= 1 / math.sqrt(V + 1) and c.abs().max() > 0  # PyTorch's Linear default
+    assert math.isclose(model.converter.beta.item(), 1.0)
+    assert math.isclose(model.converter.logit_bias[-1].item(), math.log(V), rel_tol=1e-6)
+    assert model.converter.logit_bias[:-1].abs().max() == 0
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"embed.weight", "backbone.wte.weight", "backbone.ff_out.weight"}
+    assert not {n for n, p in DSLForDiffusionLM.from_llada(str(path), freeze_lm_head=False,
+                                                            freeze_noise_embeddings=False,
+                                                            freeze_token_embedding=False).named_parameters()
+                if not p.requires_grad}
+    assert DSLForDiffusionLM.from_llada(str(path), noise_dim=16).config.noise_dim == 16
+    assert model.config.eos_token_id == [EOS] and model.config.pad_token_id == EOS
+    # a one-hot π (huge visible SNR, no noise) reproduces LLaDA's input embedding up to c
+    with torch.no_grad():
+        z = 1e4 * model.noise_embeddings()[torch.tensor([[3, 7]])]
+        h = model.converter(z, model.noise_embeddings())
+    torch.testing.assert_close(h - c, wte[[3, 7]][None], rtol=0, atol=1e-5)
+
+
+def test_bf16_checkpoint_loads_in_bf16_without_random_backbone_init(tmp_path):
+    state = write_llada_checkpoint(tmp_path, vocab_size=V, mask_token_id=MASK, eos_token_id=EOS,
+                                   dtype=torch.bfloat16)
+    model = DSLForDiffusionLM.from_llada(str(tmp_path))
+    assert model.dtype == torch.bfloat16 and not any(p.is_meta for p in model.parameters())
+    assert torch.equal(model.backbone.ln_f.weight.float(), state[P + "ln_f.weight"].bfloat16().float())
+    assert DSLForDiffusionLM.from_llada(str(tmp_path), torch_dtype=torch.float32).dtype == torch.float32
+
+
+@pytest.mark.parametrize("broken, needle", [
+    (dict(drop=[P + "blocks.1.up_proj.weight"]), "missing: ['backbone.blocks.1.up_proj.weight']"),
+    (dict(reshape={P + "blocks.0.k_proj.weight": (8, 32)}), "backbone.blocks.0.k_proj.weight (8, 32) != (32, 32)"),
+    (dict(reshape={P + "extra.weight": (2,)}), "unexpected: ['backbone.extra.weight']"),
+])
+def test_broken_checkpoint_fails_naming_the_key(tmp_path, broken, needle):
+    write_llada_checkpoint(tmp_path, vocab_size=V, mask_token_id=MASK, eos_token_id=EOS, **broken)
+    with pytest.raises(ValueError) as info:
+        DSLForDiffusionLM.from_llada(str(tmp_path))
+    assert needle in str(info.value)
+
+
+def test_unsupported_llada_config_and_config_validation(tmp_path):
+    import json
+
+    write_llada_checkpoint(tmp_path, vocab_size=V, mask_token_id=MASK, eos_token_id=EOS)
+    cfg = config_json(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "activation_type": "swiglu"}))
+    with pytest.raises(ValueError, match="activation_type"):
+        DSLForDiffusionLM.from_llada(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "mlp_hidden_size"}))
+    with pytest.raises(ValueError, match="mlp_hidden_size"):
+        DSLForDiffusionLM.from_llada(str(tmp_path))
+    with pytest.raises(ValueError, match="intermediate_size"):
+        tiny_config(backbone_type="llada")
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        tiny_config(backbone_type="llada", intermediate_size=48, num_key_value_heads=3)
+    with pytest.raises(ValueError, match="prompt_embedding"):
+        tiny_config(prompt_embedding="backbone")  # the MDLM DiT has no token embedding
+    assert tiny_config().effective_prompt_embedding == "converter"
+    assert tiny_config(backbone_type="llada", intermediate_size=48).effective_prompt_embedding == "backbone"
+
+
+def test_released_dsl_llada_format_equals_their_converter_and_backbone(tmp_path):
+    state = write_llada_checkpoint(tmp_path, vocab_size=V, mask_token_id=MASK, eos_token_id=EOS, released=True,
+                                   noise_dim=12)
+    cfg = config_json(tmp_path)
+    model = DSLForDiffusionLM.from_llada(str(tmp_path)).eval()
+    assert model.config.noise_dim == 12 and math.isclose(model.config.snr_max, 100.0, rel_tol=1e-6)
+    assert math.isclose(model.converter.beta.item(), 0.99, rel_tol=1e-6)
+    g = torch.Generator().manual_seed(3)
+    e = state["noise_embed.weight"][torch.randint(0, V, (2, 9), generator=g)]
+    snr = torch.rand(2, 9, 1, generator=g) * 20
+    z = snr * e + snr.sqrt() * torch.randn(2, 9, 12, generator=g)
+    z[0, 0] = 0  # a masked position
+    with torch.no_grad():
+        ours = model.logits_from_hidden(model.hidden_states(z))
+        for beta in (None, 1.98):  # the learned β and a decoding β_inf = 2·β
+            h = reference_converter(state, z, beta)
+            ours = model.logits_from_hidden(model.hidden_states(z, beta=beta))
+            torch.testing.assert_close(ours, reference_llada(state, cfg, inputs_embeds=h), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="converter.logit_bias"):
+        path = tmp_path / "broken"
+        write_llada_checkpoint(path, vocab_size=V, mask_token_id=MASK, eos_token_id=EOS, released=True,
+                               drop=["converter.logit_bias"])
+        DSLForDiffusionLM.from_llada(str(path))
+
+
+def test_dsl_llada_snr_preset():
+    config = DSLConfig.from_preset("dsl_llada", vocab_size=V, mask_token_id=MASK)
+    assert config.snr_preset == "dsl_llada"
+    snr, roar = SNRSampler.from_config(config).sample(4000, 32, torch.Generator().manual_seed(0),
+                                                      return_roar_mask=True)
+    rows = roar[:, 0]
+    assert torch.equal(roar, rows[:, None].expand_as(roar))  # ROAR is chosen per sequence
+    assert abs(rows.float().mean().item() - 0.1) < 0.02
+    ln = snr[~rows]
+    assert ln.max() <= 40.0 and (ln == 40.0).any()  # clamped at s_max_ln = 40
+    assert (snr[~rows].std(dim=1) > 0).all()  # LogNormal per token
+    assert abs(ln[ln < 40].log().median().item() - 1.69) < 0.05
+    revealed = snr[rows] >= 80.0
+    assert snr[rows][revealed].max() <= 100.0 and snr[rows][~revealed].max() < 1.0  # U[80, 100] / U[0, 1)
+    assert DSLConfig.from_preset("dsl_llada", lognormal_max=50.0).snr_preset == "custom"
