@@ -196,8 +196,12 @@ class Denoiser:
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """fp32 logits over the V ids; the mask id's column is −inf when it is one of them."""
+        return self.suppress_mask(self.raw_logits(features))
+
+    def raw_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """fp32 logits over the V ids, the mask id's column included."""
         out = features if self.head_fn is None else self.head_fn(features)
-        return self.suppress_mask(out.float())
+        return out.float()
 
     def suppress_mask(self, logits: torch.Tensor) -> torch.Tensor:
         """Set the mask id's column to −inf when the mask id is a real id (mask_token_id < V)."""
@@ -442,9 +446,10 @@ class _Draft:
         if self.cfg_scale <= 0:
             return self.den.logits(self.features[rows, cols])
         batch = self.index.batch
-        cond = self.den.logits(self.features[:batch][rows, cols])
-        uncond = self.den.logits(self.features[batch:][rows, cols])
-        return uncond + (self.cfg_scale + 1.0) * (cond - uncond)
+        # Combine before suppressing the mask id (−inf − −inf would be NaN when the mask id is a real id).
+        cond = self.den.raw_logits(self.features[:batch][rows, cols])
+        uncond = self.den.raw_logits(self.features[batch:][rows, cols])
+        return self.den.suppress_mask(uncond + (self.cfg_scale + 1.0) * (cond - uncond))
 
     def commit(self, flat: torch.Tensor, drawn: torch.Tensor) -> None:
         """Set tokens `drawn` at flat generated positions `flat` (now visible)."""

@@ -253,3 +253,188 @@ def test_dsl_llada_snr_preset():
     revealed = snr[rows] >= 80.0
     assert snr[rows][revealed].max() <= 100.0 and snr[rows][~revealed].max() < 1.0  # U[80, 100] / U[0, 1)
     assert DSLConfig.from_preset("dsl_llada", lognormal_max=50.0).snr_preset == "custom"
+
+
+# ----------------------------------------------------------------------------- decoding protocols
+
+
+def sensitive_grid(steps, s_min=0.01, s_max=100.0):
+    """DSL-LLaDA's 'sensitive' schedule written out from §5.5."""
+    n1, n2 = max(1, int(0.05 * steps)), max(1, int(0.9 * steps))
+    n3 = steps - n1 - n2
+
+    def seg(a, b, n):
+        return torch.logspace(math.log10(a), math.log10(b), n + 1, dtype=torch.float64)
+
+    parts = [seg(s_min, 7.0, n1), seg(7.0, 74.0, n2)[1:]] + ([seg(74.0, s_max, n3)[1:]] if n3 > 0 else [])
+    return torch.cat(parts).tolist()
+
+
+def reference_dsl_llada_sde(model, prompt, gen_length, nfe, seed):
+    """DSL-LLaDA's summarization SDE (§5.5) written out: y = z/s, Heun with a shared ΔW, η by NFE,
+    β_inf = 2β, top-512 posterior mean, unit-norm init, clean wte(prompt), final argmax.
+
+    The denoiser x̂ is the model's own (converter + backbone parity is tested above), and the state
+    is fp32 as in the sampler: the first step's drift (x̂ − y)/0.01 multiplies any rounding difference
+    by hundreds and a random tiny model is chaotic, so only the integrator is re-implemented here."""
+    from modeling_dsl.sampling_dsl import posterior_mean
+
+    steps = nfe // 2
+    eta = 0.1 if nfe <= 8 else 0.05 if nfe <= 16 else 0.01 if nfe <= 32 else 0.005
+    grid = torch.tensor(sensitive_grid(steps), dtype=torch.float64)
+    E = model.noise_embeddings()
+    n_prompt = len(prompt)
+    ids = torch.cat([prompt, torch.zeros(gen_length, dtype=torch.long)])[None]
+    clean = (torch.arange(n_prompt + gen_length) < n_prompt)[None]
+    beta_inf = 2.0 * float(model.converter.beta.reshape(-1)[0])
+
+    def logits_at(y, s):
+        z = torch.zeros(1, n_prompt + gen_length, E.shape[1])
+        z[0, n_prompt:] = s * y
+        h = model.hidden_states_with_clean(z, beta=beta_inf, clean_ids=ids, clean_mask=clean)
+        logits = model.logits_from_hidden(h[0, n_prompt:])
+        logits[:, model.config.mask_token_id] = -math.inf  # the mask id is never a token
+        return logits
+
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(gen_length, E.shape[1], generator=g)
+    y = eps / eps.norm(dim=-1, keepdim=True)
+    for k in range(steps):
+        s0, s1 = grid[k].float(), grid[k + 1].float()
+        ds = (grid[k + 1] - grid[k]).float()
+        dW = torch.randn(gen_length, E.shape[1], generator=g) * ds.sqrt()
+        f0 = (posterior_mean(logits_at(y, s0), E, 512) - y) / s0
+        y_pred = y + f0 * ds + (eta / s0) * dW
+        f1 = (posterior_mean(logits_at(y_pred, s1), E, 512) - y_pred) / s1
+        y = y + 0.5 * (f0 + f1) * ds + 0.5 * (eta / s0 + eta / s1) * dW
+    return logits_at(y, grid[-1].float()).argmax(-1)
+
+
+@pytest.mark.parametrize("nfe", [8, 16])
+def test_dsl_llada_sde_preset_equals_their_heun_update(tmp_path, nfe):
+    vocab, mask = 600, 599  # V > 512, so the top-512 posterior mean is a real truncation
+    state = write_llada_checkpoint(tmp_path, vocab_size=vocab, mask_token_id=mask, eos_token_id=0, head_std=1.0)
+    cfg = config_json(tmp_path)
+    torch.manual_seed(0)
+    model = DSLForDiffusionLM.from_llada(str(tmp_path), noise_dim=16).eval()
+    with torch.no_grad():  # mask logit 0: p(mask) ≈ 0, as in a trained model (we never draw the mask id)
+        model.backbone.ff_out.weight[mask] = 0
+    state[P + "ff_out.weight"][mask] = 0
+    prompt = torch.tensor([5, 17, 42, 8, 300])
+    out = model.generate(prompt[None], strategy="dsl_llada_sde", steps=nfe // 2, gen_length=6, seed=11,
+                         return_dict_in_generate=True)
+    assert out.nfe == nfe + 1
+    with torch.no_grad():
+        ref = reference_dsl_llada_sde(model, prompt, 6, nfe, seed=11)
+    assert out.sequences[0, len(prompt):].tolist() == ref.tolist()
+    from modeling_dsl.generation_dsl import dsl_llada_eta
+
+    assert [dsl_llada_eta(n) for n in (8, 16, 32, 64)] == [0.1, 0.05, 0.01, 0.005]
+
+
+@pytest.mark.parametrize("cfg_scale, block_length", [(0.0, 4), (0.0, 8), (1.5, 4)])
+def test_low_confidence_with_backbone_inputs_gives_llada_generate_tokens(tmp_path, cfg_scale, block_length):
+    state = write_llada_checkpoint(tmp_path, vocab_size=V, mask_token_id=MASK, eos_token_id=EOS, head_std=1.0)
+    cfg = config_json(tmp_path)
+    model = DSLForDiffusionLM.from_llada(str(tmp_path)).eval()
+    with torch.no_grad():  # mask logit 0: LLaDA's argmax never picks it, our sampler never may
+        model.backbone.ff_out.weight[MASK] = 0
+    state[P + "ff_out.weight"][MASK] = 0
+    prompt = torch.tensor([[3, 14, 15, 9, 26]])
+    ours = model.generate(prompt, strategy="low_confidence", token_inputs="backbone", steps=4, gen_length=8,
+                          block_length=block_length, cfg_scale=cfg_scale, seed=0)
+    with torch.no_grad():
+        ref = reference_llada_generate(lambda ids: reference_llada(state, cfg, ids), prompt, steps=4, gen_length=8,
+                                       block_length=block_length, cfg_scale=cfg_scale, mask_id=MASK)
+    assert ours.tolist() == ref.tolist()
+    converter_fed = model.generate(prompt, strategy="low_confidence", steps=4, gen_length=8,
+                                   block_length=block_length, cfg_scale=cfg_scale, seed=0)
+    assert converter_fed.tolist() != ref.tolist()  # the option is what makes it LLaDA's model
+
+
+def test_prompt_embedding_backbone_feeds_clean_wte(llada_dir):
+    path, state = llada_dir
+    cfg = config_json(path)
+    model = DSLForDiffusionLM.from_llada(str(path)).eval()
+    prompt = torch.tensor([[4, 8, 15, 16]])
+    with torch.no_grad():
+        out = model.generate(prompt, strategy="sde", steps=3, gen_length=4, seed=0, return_dict_in_generate=True,
+                             snr_max=50.0)
+        # the same run with the prompt through the converter differs
+        model.config.prompt_embedding = "converter"
+        other = model.generate(prompt, strategy="sde", steps=3, gen_length=4, seed=0, snr_max=50.0)
+        model.config.prompt_embedding = None
+    assert out.sequences.shape == (1, 8) and not torch.equal(out.sequences, other)
+
+
+def test_eos_and_eot_both_end_text(tmp_path, tok_dir):
+    tok = llada_tokenizer(tok_dir)
+    write_llada_checkpoint(tmp_path, tok)
+    model = DSLForDiffusionLM.from_llada(str(tmp_path)).eval()
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert model.config.eos_token_id == [tok.eos_token_id, eot] and model.config.pad_token_id == tok.eos_token_id
+    for end in (eot, tok.eos_token_id):
+        logits = torch.full((len(tok),), -10.0)
+        logits[end] = 10.0
+        model.backbone.logits = lambda hidden, logits=logits: logits.expand(*hidden.shape[:-1], -1)
+        prompt = torch.tensor([tok("Hello there")["input_ids"]])
+        out = model.generate(prompt, strategy="low_confidence", steps=4, gen_length=4, truncate_at_eos=True)
+        generated = out[0, prompt.shape[1]:].tolist()
+        assert generated[0] == end and generated[1:] == [tok.eos_token_id] * 3  # cut after the first end id
+
+
+def test_encode_prompt_uses_the_instruct_chat_template(tok_dir):
+    from modeling_dsl.generation_dsl import encode_prompt
+
+    tok = llada_tokenizer(tok_dir)
+    ids = encode_prompt(tok, "  Summarize this.  ")
+    text = tok.decode(ids)
+    assert text == ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nSummarize this.<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert ids.count(tok.bos_token_id) == 1
+    tok.chat_template = None
+    assert tok.decode(encode_prompt(tok, "raw text")) == "raw text"
+
+
+SANDBOX_GENERATE = r'''
+import json, sys
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+path, strategies = sys.argv[1], json.loads(sys.argv[2])
+model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+tok = AutoTokenizer.from_pretrained(path)
+texts = ["Write a short line.", "Summarize the following text in one sentence: the cat sat on the mat all day."]
+rows = [tok(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False),
+            add_special_tokens=False)["input_ids"] for t in texts]
+longest = max(map(len, rows))
+ids = torch.tensor([[tok.pad_token_id] * (longest - len(r)) + r for r in rows])
+mask = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in rows])
+out = {"lengths": [len(r) for r in rows], "class": type(model).__module__}
+for strategy in strategies:
+    seq = model.generate(ids, attention_mask=mask, strategy=strategy, steps=4, gen_length=8, seed=0,
+                         truncate_at_eos=True)
+    out[strategy] = seq.tolist()
+print(json.dumps(out))
+'''
+
+
+def test_saved_llada_model_generates_every_strategy_without_the_package(tmp_path, tok_dir, run_without_package):
+    import json
+
+    from modeling_dsl.generation_dsl import STRATEGIES
+
+    tok = llada_tokenizer(tok_dir)
+    write_llada_checkpoint(tmp_path / "llada", tok)
+    model = DSLForDiffusionLM.from_llada(str(tmp_path / "llada"))
+    model.save_pretrained(tmp_path / "dsl")
+    tok.save_pretrained(tmp_path / "dsl")
+    strategies = [s for s, row in STRATEGIES.items() if row.generates]
+    assert "dsl_llada_sde" in strategies
+    out = run_without_package(SANDBOX_GENERATE, tmp_path / "dsl", json.dumps(strategies))
+    assert not out["class"].startswith("modeling_dsl") and out["lengths"][0] != out["lengths"][1]
+    mask_id = tok.convert_tokens_to_ids("<|mdm_mask|>")
+    for strategy in strategies:
+        seq = torch.tensor(out[strategy])
+        assert seq.shape == (2, max(out["lengths"]) + 8), strategy
+        assert not (seq == mask_id).any(), strategy
