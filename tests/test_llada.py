@@ -403,7 +403,7 @@ from transformers import AutoModel, AutoTokenizer
 
 path, strategies = sys.argv[1], json.loads(sys.argv[2])
 model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
-tok = AutoTokenizer.from_pretrained(path)
+tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
 texts = ["Write a short line.", "Summarize the following text in one sentence: the cat sat on the mat all day."]
 rows = [tok(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False),
             add_special_tokens=False)["input_ids"] for t in texts]
@@ -419,6 +419,7 @@ print(json.dumps(out))
 '''
 
 
+@pytest.mark.slow
 def test_saved_llada_model_generates_every_strategy_without_the_package(tmp_path, tok_dir, run_without_package):
     import json
 
