@@ -439,3 +439,132 @@ def test_saved_llada_model_generates_every_strategy_without_the_package(tmp_path
         seq = torch.tensor(out[strategy])
         assert seq.shape == (2, max(out["lengths"]) + 8), strategy
         assert not (seq == mask_id).any(), strategy
+
+
+# ----------------------------------------------------------------------------- continued pretraining
+
+
+def test_converter_lr_multiplier_is_a_parameter_group(llada_dir, tmp_path):
+    import datasets
+    from transformers import TrainingArguments
+
+    from trainers.dsl_trainer import DSLTrainer
+
+    path, _ = llada_dir
+    model = DSLForDiffusionLM.from_llada(str(path))
+    data = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3, 4, 5, 6]] * 4})
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, use_cpu=True,
+                             report_to="none", lr_scheduler_type="constant_with_warmup", warmup_steps=2)
+    trainer = DSLTrainer(model=model, args=args, train_dataset=data, converter_lr_multiplier=25.0)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    converter = {id(p) for p in model.converter.parameters()}
+    groups = trainer.optimizer.param_groups
+    for group in groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= converter or not ids & converter  # the converter is never mixed with the backbone
+    lr = {ids_are_converter: {g["initial_lr"] for g in groups if ({id(p) for p in g["params"]} <= converter)
+                              == ids_are_converter} for ids_are_converter in (True, False)}
+    for _ in range(3):  # through warm-up: the schedule scales both groups alike
+        trainer.lr_scheduler.step()
+    ratio = {g["lr"] / g["initial_lr"] for g in groups}
+    assert len(ratio) == 1
+    assert lr[True] == {25e-3} and lr[False] == {1e-3}
+    trained = {id(p) for g in groups for p in g["params"]}
+    assert id(model.backbone.ff_out.weight) not in trained and id(model.embed.weight) not in trained  # frozen
+    with pytest.raises(ValueError, match="converter_lr_multiplier"):
+        DSLTrainer(model=model, args=args, train_dataset=data, converter_lr_multiplier=0.0)
+
+
+LLADA_SCRIPT = ["--max_steps", "4", "--block_size", "32", "--per_device_train_batch_size", "2", "--logging_steps", "1",
+                "--report_to", "none", "--learning_rate", "1e-3", "--disable_tqdm", "true", "--eval_max_batches", "1",
+                "--seed", "3", "--converter_lr_multiplier", "25"]
+
+
+def llada_script_setup(tmp_path, tok_dir, wikitext):
+    tok = llada_tokenizer(tok_dir)
+    write_llada_checkpoint(tmp_path / "llada", tok)
+    data = tmp_path / "train.txt"
+    data.write_text(wikitext[0][:20_000], encoding="utf-8")
+    return tok, data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_llada_continued_pretraining_under_zero_with_gradient_checkpointing(stage, tmp_path, tok_dir, wikitext):
+    pytest.importorskip("deepspeed")
+    from test_trainer import REPO, free_port, run_script
+
+    tok, data = llada_script_setup(tmp_path, tok_dir, wikitext)
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}
+    out = tmp_path / "out"
+    result = run_script(["--llada_checkpoint", str(tmp_path / "llada"), "--train_file", str(data), "--output_dir",
+                         str(out), "--deepspeed", str(REPO / "trainers" / "configs" / f"zero{stage}.json"),
+                         "--gradient_checkpointing", "true", *LLADA_SCRIPT], env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (out / "checkpoint-4" / "global_step4").is_dir() if (out / "checkpoint-4").exists() else True
+    initial = DSLForDiffusionLM.from_llada(str(tmp_path / "llada"))
+    trained = DSLForDiffusionLM.from_pretrained(out)
+    assert trained.config.backbone_type == "llada" and trained.config.snr_preset == "dsl_llada"
+    before, after = initial.state_dict(), trained.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert {"backbone.blocks.0.q_proj.weight", "backbone.blocks.1.ff_out.weight",
+            "converter.backbone_embedding.weight"} <= changed
+    # the authors' frozen tensors stay as loaded (E is the seeded fresh init of from_llada, not saved before)
+    assert "backbone.ff_out.weight" not in changed and "backbone.wte.weight" not in changed
+
+
+KILL_AT_3 = """
+import importlib.util, os, signal, sys
+from transformers import TrainerCallback
+spec = importlib.util.spec_from_file_location("continue_pretrain", "scripts/continue_pretrain.py")
+module = importlib.util.module_from_spec(spec)
+sys.modules["continue_pretrain"] = module
+spec.loader.exec_module(module)
+
+class Kill(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+module.main(sys.argv[1:], callbacks=[Kill()])
+"""
+
+
+@pytest.mark.slow
+def test_llada_lora_training_kill_and_resume_gives_the_same_losses(tmp_path, tok_dir, wikitext):
+    import json
+    import signal
+
+    from test_trainer import run_script
+
+    tok, data = llada_script_setup(tmp_path, tok_dir, wikitext)
+    base = tmp_path / "dsl-llada"
+    DSLForDiffusionLM.from_llada(str(tmp_path / "llada")).save_pretrained(base)
+    tok.save_pretrained(base)
+    common = ["--model_name_or_path", str(base), "--use_lora", "true", "--train_file", str(data),
+              "--save_steps", "2", "--gradient_checkpointing", "true", *LLADA_SCRIPT]
+    full = run_script(["--output_dir", str(tmp_path / "full"), *common])
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = run_script(["--output_dir", str(tmp_path / "killed"), *common], driver=KILL_AT_3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run_script(["--output_dir", str(tmp_path / "killed"), *common, "--resume_from_checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    def step_losses(folder):
+        state = json.loads((folder / "trainer_state.json").read_text())
+        return {log["step"]: log["loss"] for log in state["log_history"] if "loss" in log}
+
+    a, b = step_losses(tmp_path / "full"), step_losses(tmp_path / "killed")
+    assert sorted(a) == [1, 2, 3, 4] and sorted(b) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert a[step] == pytest.approx(b[step], abs=1e-6), (step, a, b)
+    adapter = json.loads((tmp_path / "full" / "adapter_config.json").read_text())
+    assert "converter" in adapter["modules_to_save"]
+    targets = adapter["target_modules"]
+    assert "q_proj" in str(targets) and "up_proj" in str(targets)
+    # the adapter reloads onto the saved base
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(DSLForDiffusionLM.from_pretrained(base), str(tmp_path / "full"))
+    assert any("lora_A" in n for n, _ in reloaded.named_parameters())
