@@ -309,7 +309,7 @@ class DSLConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, preset: str = "paper", **kwargs) -> "DSLConfig":
-        """Build a config from a named preset (`"paper"` or `"authors_code"`); `kwargs` set backbone
+        """Build a config from a named preset (`"paper"`, `"authors_code"` or `"dsl_llada"`); `kwargs` set backbone
         fields and may override preset fields, in which case `snr_preset` records "custom"."""
         fields = cls.preset_fields(preset, kwargs.get("vocab_size", 50257))
         fields.update(kwargs)
