@@ -97,7 +97,7 @@ def _sde_path(config, run):
 # DSL-LLaDA's summarization SDE (llada_dsl.md §5.5, eval_summarization): η by NFE = 2S.
 DSL_LLADA_ETA = ((8, 0.1), (16, 0.05), (32, 0.01))
 DSL_LLADA_ETA_ELSE = 0.005
-DSL_LLADA_SNR_MAX = 100.0  # s_min → s_max = 0.01 → 100 (§5.5)
+DSL_LLADA_SNR_MIN, DSL_LLADA_SNR_MAX = 0.01, 100.0  # s_min → s_max = 0.01 → 100 (§5.5)
 
 
 def dsl_llada_eta(nfe: int) -> float:
@@ -106,8 +106,8 @@ def dsl_llada_eta(nfe: int) -> float:
 
 
 def _dsl_llada_sde(config, run):
-    snr_max = config.snr_max if config.snr_max is not None else DSL_LLADA_SNR_MAX
-    return dict(snr_path=snr_schedule("sensitive", config.steps, config.snr_min, snr_max), integrator="heun",
+    return dict(snr_path=snr_schedule("sensitive", config.steps, DSL_LLADA_SNR_MIN, DSL_LLADA_SNR_MAX),
+                integrator="heun",
                 noise_scale=dsl_llada_eta(2 * config.steps), posterior_top_k=512, parameterization="y",
                 init="unit")
 
@@ -210,7 +210,7 @@ STRATEGIES: Dict[str, Strategy] = {
                      derive=_roar_step, defaults=dict(temperature=1.0), check=_positive_temperature),
     # DSL-LLaDA's summarization SDE exactly (llada_dsl.md §5.5): S = steps = NFE // 2 Heun steps in
     # y = z/γ form on the sensitive grid 0.01 → 100, η by NFE, β_inf = 2·β, top-512 x̂, unit init.
-    "dsl_llada_sde": Strategy(sde, derived=("snr_min", "snr_max"), derive=_dsl_llada_sde,
+    "dsl_llada_sde": Strategy(sde, derive=_dsl_llada_sde,
                               check=_check_sensitive_steps, beta_scale=2.0),
     "correct": Strategy(correct, kwargs={"steps": "steps", "correct_snr": "suspect_snr",
                                          "correct_threshold": "threshold"}, generates=False),
@@ -660,10 +660,13 @@ class DSLGenerationMixin:
         row = STRATEGIES[config.strategy]
         if row.beta_scale is not None and config.beta is None and beta_scale == 1.0:
             beta_scale = row.beta_scale
-        clean = prompt_mask if self.config.effective_prompt_embedding == "backbone" else None
+        extra = {}
+        if self.config.effective_prompt_embedding == "backbone" and prompt_mask is not None:
+            extra.update(tokens=tokens, clean_mask=prompt_mask)
+        if config.token_inputs != "converter":
+            extra["token_inputs"] = config.token_inputs
         return Denoiser.from_model(self, attention_mask, visible_snr=config.visible_snr, beta=config.beta,
-                                   beta_scale=beta_scale, tokens=tokens, clean_mask=clean,
-                                   token_inputs=config.token_inputs)
+                                   beta_scale=beta_scale, **extra)
 
     def _split_prompts(self, input_ids, attention_mask, config, device) -> List[torch.Tensor]:
         repeats = config.num_return_sequences or 1

@@ -229,10 +229,11 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
 
     def embed_clean_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The backbone's own token embedding of `input_ids` (B, L) → (B, L, D); `ValueError` naming
-        `prompt_embedding` when the backbone has none."""
+        `prompt_embedding` / `token_inputs` when the backbone has none."""
         embedding = self.backbone.token_embedding()
         if embedding is None:
-            raise ValueError(f"prompt_embedding='backbone' needs a backbone with a token embedding; "
+            raise ValueError(f"prompt_embedding='backbone' / token_inputs='backbone' need a backbone with a token "
+                             f"embedding; "
                              f"{self.config.backbone_type!r} has none")
         return embedding(input_ids.clamp(0, self.config.vocab_size - 1))
 

@@ -346,6 +346,10 @@ def test_low_confidence_with_backbone_inputs_gives_llada_generate_tokens(tmp_pat
     converter_fed = model.generate(prompt, strategy="low_confidence", steps=4, gen_length=8,
                                    block_length=block_length, cfg_scale=cfg_scale, seed=0)
     assert converter_fed.tolist() != ref.tolist()  # the option is what makes it LLaDA's model
+    from conftest import tiny_model
+
+    with pytest.raises(ValueError, match="token_inputs='backbone' need a backbone with a token embedding"):
+        tiny_model().generate(strategy="low_confidence", token_inputs="backbone", steps=2, gen_length=4)
 
 
 def test_prompt_embedding_backbone_feeds_clean_wte(llada_dir):
