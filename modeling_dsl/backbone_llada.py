@@ -138,16 +138,14 @@ class LLaDATransformer(DSLBackbone):
     ff_out(ln_f(hidden)) on any subset of positions. `wte` is not on the main path (the converter
     feeds the blocks); it embeds clean tokens (`token_embedding`)."""
 
-    backbone_type = "llada"
-    published_format = "GSAI-ML/LLaDA-8B"
-    no_split_modules = ("LLaDABlock",)
     # The blocks' attention and MLP projections; `ff_out` directly under the backbone is the LM head.
     lora_target_modules = r"blocks\.\d+\.(?:q_proj|k_proj|v_proj|attn_out|ff_proj|up_proj|ff_out)"
+    backbone_type, published_format, no_split_modules = "llada", "GSAI-ML/LLaDA-8B", ("LLaDABlock",)
 
     def __init__(self, config):
         super().__init__()
-        self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.config = config
         self.blocks = nn.ModuleList([LLaDABlock(config) for _ in range(config.num_hidden_layers)])
         self.ln_f = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ff_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
