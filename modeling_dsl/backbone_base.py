@@ -10,7 +10,7 @@ feeds it `inputs_embeds`. Its LM head predicts the V real tokens and runs per po
 model can apply it to any subset of positions.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -24,12 +24,16 @@ class PublishedWeights(NamedTuple):
         the converter's W_trans token columns, so a one-hot π reproduces the published inputs.
     mask_embedding: (D,) the published model's [MASK] input embedding (W_trans's mask column).
     unexpected: published keys that have no place in the backbone (reported, never loaded).
+    dsl_state_dict: tensors of an already DSL-trained release (e.g. DSL-LLaDA's converter and noise
+        embeddings) under this model's own names (`embed.weight`, `converter.*`); they replace the
+        fresh converter init. Empty for a plain published model.
     """
 
     state_dict: dict
     input_embedding: torch.Tensor
     mask_embedding: torch.Tensor
     unexpected: list
+    dsl_state_dict: dict = {}
 
 
 class DSLBackbone(nn.Module):
@@ -63,6 +67,11 @@ class DSLBackbone(nn.Module):
     def get_output_embeddings(self) -> nn.Module:
         """The LM head's output projection (HF `get_output_embeddings`)."""
         raise NotImplementedError
+
+    def token_embedding(self) -> Optional[nn.Module]:
+        """The backbone's own token embedding (ids → (…, D)), used to feed clean prompt tokens
+        without the converter (`DSLConfig.prompt_embedding="backbone"`); None when it has none."""
+        return None
 
     def init_module(self, module: nn.Module) -> None:
         """Fresh-init one of this backbone's own submodules (called by `_init_weights` for every

@@ -20,12 +20,16 @@ from transformers import PretrainedConfig
 logger = logging.getLogger(__name__)
 
 # Names of the registered backbones (`modeling_dsl.BACKBONES` maps each to its class; a test keeps
-# the two equal). "llada" slots in here with backbone_llada.py.
-BACKBONE_TYPES = ("mdlm_dit",)
-SNR_GRANULARITIES = ("token", "sequence")
+# the two equal).
+BACKBONE_TYPES = ("mdlm_dit", "llada")
+# Backbones with a token embedding of their own (`DSLBackbone.token_embedding`), which can embed
+# clean prompt tokens without the converter (`prompt_embedding="backbone"`).
+TOKEN_EMBEDDING_BACKBONES = ("llada",)
+PROMPT_EMBEDDINGS = ("converter", "backbone")
+SNR_GRANULARITIES = ("token", "sequence", "sequence_roar")
 ROAR_TYPES = ("smoothed", "atomic")
 ROAR_ROW_RULES = ("bernoulli", "leading")
-SNR_PRESETS = ("paper", "authors_code")
+SNR_PRESETS = ("paper", "authors_code", "dsl_llada")
 # What a checkpoint was trained for (`DSLTrainer(objective=...)`): the DSL objective (any sampler)
 # or the MDLM masked-diffusion baseline (masked samplers only). The names match trainers.OBJECTIVES.
 TRAINING_OBJECTIVES = ("dsl", "mdlm")
@@ -61,7 +65,21 @@ class DSLConfig(PretrainedConfig):
         max_position_embeddings (`int`, 1024): longest sequence the model is meant for (MDLM's
             `model_length`). Generation refuses longer sequences.
         dropout (`float`, 0.1): dropout on the residual branches (attention dropout is 0 as in MDLM).
-        rope_theta (`float`, 10000.0): rotary base.
+        rope_theta (`float`, 10000.0): rotary base (LLaDA-8B: 500000, read by `from_llada`).
+
+    Backbone (`backbone_type="llada"`: the LLaDA-8B transformer, reference llada_dsl.md §1–§2) uses
+    vocab_size, hidden_size, num_attention_heads, num_hidden_layers, max_position_embeddings,
+    rope_theta and:
+        intermediate_size (`int` or `None`, `None`): SiLU-gated MLP width (LLaDA-8B's mlp_hidden_size
+            12288, §1.1); required for "llada", unused by "mdlm_dit" (which uses `mlp_ratio`).
+        num_key_value_heads (`int` or `None`, `None`): key/value heads (grouped-query attention);
+            `None` means num_attention_heads (LLaDA-8B: n_kv_heads = n_heads = 32, §1.1).
+        rms_norm_eps (`float`, 1e-5): RMSNorm ε (LLaDA-8B's rms_norm_eps, §1.1).
+        prompt_embedding (`str` or `None`, `None`): how clean prompt tokens reach the backbone at
+            generation: "converter" (z = visible_snr·E[t] through the converter, as every other
+            token) or "backbone" (the backbone's own token embedding, bypassing the converter: the
+            DSL-LLaDA authors' way, llada_dsl.md §5.5). `None` means "backbone" for backbones with a
+            token embedding ("llada") and "converter" otherwise.
 
     Converter (paper §4.2; π = softmax(β·z·[E;0]ᵀ + b), h = W_trans·π + c):
         noise_dim (`int`, 64): dimension d of the unit-sphere token embeddings E.
@@ -81,6 +99,8 @@ class DSLConfig(PretrainedConfig):
         snr_granularity (`str`, "token"): "token" draws every SNR per token (Alg. 1). "sequence"
             (authors' code) draws one LogNormal γ per sequence, and a ROAR sequence reveals a
             uniformly random number k ~ U{0, …, L−1} of its positions at exactly `snr_max`.
+            "sequence_roar" (DSL-LLaDA's `sample_mixed_snr`, llada_dsl.md §5.3) picks ROAR rows as
+            "sequence" does but draws the LogNormal rows' γ per token.
         roar_row_rule (`str`, "bernoulli"): which sequences are ROAR when `snr_granularity` is
             "sequence": "bernoulli" — each independently with probability `roar_prob`; "leading" —
             exactly the first ⌊B·roar_prob⌋ rows of every (micro-)batch, the authors' `mixed` path.
@@ -97,6 +117,8 @@ class DSLConfig(PretrainedConfig):
             gives no value).
         lognormal_mu (`float`, 1.65), lognormal_sigma (`float`, 0.9): ln γ ~ N(μ, σ²).
         snr_clip (`bool`, False): clip LogNormal draws to [snr_min, snr_max] (Alg. 1's optional clip).
+        lognormal_max (`float` or `None`, `None`): clamp LogNormal draws to ≤ this (DSL-LLaDA's
+            s_max_ln = min(0.4·s_max, 40), llada_dsl.md §5.3); `None` = no clamp.
         snr_preset (`str`, "paper"): the preset these values came from, or "custom". A config
             whose preset fields differ from the named preset's is recorded as "custom" (see
             `preset_fields` and `matches_preset`), so the label never claims a preset that was
@@ -131,6 +153,10 @@ class DSLConfig(PretrainedConfig):
         max_position_embeddings: int = 1024,
         dropout: float = 0.1,
         rope_theta: float = 10000.0,
+        intermediate_size: Optional[int] = None,
+        num_key_value_heads: Optional[int] = None,
+        rms_norm_eps: float = 1e-5,
+        prompt_embedding: Optional[str] = None,
         noise_dim: int = 64,
         beta_init: Optional[float] = 1.0,
         mask_bias_init: Optional[float] = None,
@@ -147,6 +173,7 @@ class DSLConfig(PretrainedConfig):
         lognormal_mu: float = 1.65,
         lognormal_sigma: float = 0.9,
         snr_clip: bool = False,
+        lognormal_max: Optional[float] = None,
         snr_preset: str = "paper",
         training_objective: str = "dsl",
         initializer_range: float = 0.02,
@@ -163,6 +190,10 @@ class DSLConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.dropout = dropout
         self.rope_theta = rope_theta
+        self.intermediate_size = intermediate_size
+        self.num_key_value_heads = num_key_value_heads
+        self.rms_norm_eps = rms_norm_eps
+        self.prompt_embedding = prompt_embedding
         self.noise_dim = noise_dim
         self.beta_init = beta_init
         self.mask_bias_init = mask_bias_init
@@ -179,6 +210,7 @@ class DSLConfig(PretrainedConfig):
         self.lognormal_mu = lognormal_mu
         self.lognormal_sigma = lognormal_sigma
         self.snr_clip = snr_clip
+        self.lognormal_max = lognormal_max
         self.snr_preset = snr_preset
         self.training_objective = training_objective
         self.initializer_range = initializer_range
@@ -212,6 +244,17 @@ class DSLConfig(PretrainedConfig):
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def effective_num_key_value_heads(self) -> int:
+        return self.num_attention_heads if self.num_key_value_heads is None else int(self.num_key_value_heads)
+
+    @property
+    def effective_prompt_embedding(self) -> str:
+        """`prompt_embedding`, or its backbone's default when `None` (see the class docstring)."""
+        if self.prompt_embedding is not None:
+            return self.prompt_embedding
+        return "backbone" if self.backbone_type in TOKEN_EMBEDDING_BACKBONES else "converter"
+
+    @property
     def effective_beta_init(self) -> float:
         """β₀: `beta_init`, or 1/√d when it is `None` (the authors' code)."""
         return 1.0 / math.sqrt(self.noise_dim) if self.beta_init is None else float(self.beta_init)
@@ -237,6 +280,8 @@ class DSLConfig(PretrainedConfig):
         `"authors_code"` — exactly the authors' `mixed` SNR path with their MDLM initialisation
         (reference/dsl_official.md §3.1, §5; their OWT default is a ROAR-free LogNormal(2.69, 1.41),
         a different configuration this preset does not blend in).
+        `"dsl_llada"` — DSL-LLaDA's continued pretraining of LLaDA-8B (reference llada_dsl.md §5.2,
+        §5.3): per-sequence ROAR with per-token LogNormal(1.69, 0.9) clamped at 40, s_max 100.
 
         The source of every value is given beside it. `visible_snr` is chosen by measurement: for
         V = 50257, d = 64 random unit embeddings and z = visible_snr·e (noise-free, as samplers feed
@@ -257,6 +302,7 @@ class DSLConfig(PretrainedConfig):
                 lognormal_mu=1.65,  # App. C.1
                 lognormal_sigma=0.9,  # App. C.1
                 snr_clip=False,  # Alg. 1's clip is optional; App. C.1 names none
+                lognormal_max=None,  # Alg. 1 has no separate LogNormal cap
                 beta_init=1.0,  # paper: β learnable, no value; 1 makes π the exact Bayes posterior (§4.2)
                 mask_bias_init=None,  # ln V (DESIGN.md): mask mass ½ at z = 0; paper: "favours the mask"
                 visible_snr=50.0,  # γ_max of App. C.1; measured: 100 % of tokens ≥ 0.99 at β₀ = 1
@@ -274,15 +320,34 @@ class DSLConfig(PretrainedConfig):
                 lognormal_mu=4.0,  # configs/snrpath/mixed.yaml: μ 4.0
                 lognormal_sigma=1.5,  # configs/snrpath/mixed.yaml: σ 1.5
                 snr_clip=False,  # the LogNormal draws are never clipped (§5 notes)
+                lognormal_max=None,  # never clamped (§5 notes)
                 beta_init=None,  # 1/√d: SoftmaxConvertBias init (§3.1)
                 mask_bias_init=warm_start_mask_bias(vocab_size),  # ln(99(V+1)): their MDLM init (§3.1)
                 visible_snr=AUTHORS_VISIBLE_SNR,  # γ_hi = 100·ln V/ln 35 ≈ 304.5 (§8.2); measured: 100 %
+            )
+        if preset == "dsl_llada":
+            return dict(
+                snr_preset="dsl_llada",
+                snr_granularity="sequence_roar",  # sample_mixed_snr: ROAR rows, per-token LogNormal (llada_dsl.md §5.3)
+                roar_row_rule="bernoulli",  # each sequence ROAR with probability 1/roar_frac (§5.3)
+                roar_type="smoothed",  # masked s ~ U[0, 1), revealed s ~ U[0.8·s_max, s_max] (§5.3)
+                roar_prob=0.1,  # 1/roar_frac = 1/10 (§5.3)
+                snr_max=100.0,  # DSL_SNR_MAX = 100 (§5.3)
+                snr_min=1.0,  # masked ROAR tokens: U[0, 1) (§5.3)
+                roar_c=0.8,  # U[0.8·s_max, s_max] (§5.3)
+                lognormal_mu=1.69,  # log s ~ N(1.69, 0.9) (§5.3)
+                lognormal_sigma=0.9,  # (§5.3)
+                snr_clip=False,  # no lower clip (§5.3)
+                lognormal_max=40.0,  # s_max_ln = min(0.4·s_max, 40) = 40 (§5.3)
+                beta_init=1.0,  # paper runs and Beta1 start at β = 1.0 (§5, §5.2)
+                mask_bias_init=None,  # b_V = log V: mask slot ½ at z = 0 (§5.2)
+                visible_snr=100.0,  # known tokens at s = 100 in DSL-LLaDA's two-stage sampler (§5.6)
             )
         raise ValueError(f"preset must be one of {SNR_PRESETS}, got {preset!r}")
 
     @classmethod
     def from_preset(cls, preset: str = "paper", **kwargs) -> "DSLConfig":
-        """Build a config from a named preset (`"paper"` or `"authors_code"`); `kwargs` set backbone
+        """Build a config from a named preset (`"paper"`, `"authors_code"` or `"dsl_llada"`); `kwargs` set backbone
         fields and may override preset fields, in which case `snr_preset` records "custom"."""
         fields = cls.preset_fields(preset, kwargs.get("vocab_size", 50257))
         fields.update(kwargs)
@@ -359,6 +424,19 @@ class DSLConfig(PretrainedConfig):
             bad("num_attention_heads", f"a divisor of hidden_size={self.hidden_size} leaving an even head dim")
         check_float("dropout", 0.0, 1.0, high_open=True)
         check_float("rope_theta", 0.0, math.inf, low_open=True, high_open=True)
+        if self.backbone_type == "llada":
+            check_int("intermediate_size", 1)
+            if self.num_key_value_heads is not None:
+                check_int("num_key_value_heads", 1)
+                if self.num_attention_heads % self.num_key_value_heads:
+                    bad("num_key_value_heads", f"a divisor of num_attention_heads={self.num_attention_heads}")
+            check_float("rms_norm_eps", 0.0, math.inf, low_open=True, high_open=True)
+        if self.prompt_embedding is not None:
+            if self.prompt_embedding not in PROMPT_EMBEDDINGS:
+                bad("prompt_embedding", f"one of {PROMPT_EMBEDDINGS} or None")
+            if self.prompt_embedding == "backbone" and self.backbone_type not in TOKEN_EMBEDDING_BACKBONES:
+                bad("prompt_embedding", f"'converter' or None for backbone_type={self.backbone_type!r} (it has no "
+                                        "token embedding of its own)")
         if self.beta_init is not None:
             check_float("beta_init", 0.0, math.inf, low_open=True, high_open=True)
         if self.mask_bias_init is not None:
@@ -387,6 +465,8 @@ class DSLConfig(PretrainedConfig):
         check_float("lognormal_sigma", 0.0, math.inf, low_open=True, high_open=True)
         if not isinstance(self.snr_clip, bool):
             bad("snr_clip", "True or False")
+        if self.lognormal_max is not None:
+            check_float("lognormal_max", 0.0, math.inf, low_open=True, high_open=True)
         if self.snr_preset not in SNR_PRESETS + ("custom",):
             bad("snr_preset", f"one of {SNR_PRESETS + ('custom',)}")
         check_float("initializer_range", 0.0, math.inf, low_open=True, high_open=True)

@@ -57,6 +57,8 @@ class Strategy:
     finish: config field naming a second strategy this one runs (hybrid); its fields, checks and
         keywords (as `finish_kwargs`) join this one's.
     generates: writes new tokens after a prompt (reads GENERATION_FIELDS); False for `correct`.
+    beta_scale: the β_inf multiplier this strategy decodes with when the config leaves `beta` and
+        `beta_scale` at their defaults (dsl_llada_sde: 2).
     """
 
     sampler: Callable
@@ -68,6 +70,7 @@ class Strategy:
     check: Optional[Callable] = None
     finish: Optional[str] = None
     generates: bool = True
+    beta_scale: Optional[float] = None
 
 
 @dataclass
@@ -90,6 +93,29 @@ def _snr_max(config, run: RunInfo) -> float:
 
 def _sde_path(config, run):
     return dict(snr_path=snr_schedule(config.snr_schedule, config.steps, config.snr_min, _snr_max(config, run)))
+
+
+# DSL-LLaDA's summarization SDE (llada_dsl.md §5.5, eval_summarization): η by NFE = 2S.
+DSL_LLADA_ETA = ((8, 0.1), (16, 0.05), (32, 0.01))
+DSL_LLADA_ETA_ELSE = 0.005
+DSL_LLADA_SNR_MIN, DSL_LLADA_SNR_MAX = 0.01, 100.0  # s_min → s_max = 0.01 → 100 (§5.5)
+
+
+def dsl_llada_eta(nfe: int) -> float:
+    """DSL-LLaDA's adaptive η: NFE ≤ 8: 0.1, ≤ 16: 0.05, ≤ 32: 0.01, else 0.005 (§5.5)."""
+    return next((eta for bound, eta in DSL_LLADA_ETA if nfe <= bound), DSL_LLADA_ETA_ELSE)
+
+
+def _dsl_llada_sde(config, run):
+    return dict(snr_path=snr_schedule("sensitive", config.steps, DSL_LLADA_SNR_MIN, DSL_LLADA_SNR_MAX),
+                integrator="heun",
+                noise_scale=dsl_llada_eta(2 * config.steps), posterior_top_k=512, parameterization="y",
+                init="unit")
+
+
+def _check_sensitive_steps(config, steps):
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2 for strategy={config.strategy!r} (the sensitive schedule), got {steps}")
 
 
 def _hybrid_phases(config, run):
@@ -154,7 +180,7 @@ def _check_hybrid(config, steps):
 
 # Read by every strategy: never "unused".
 UNIVERSAL = ("strategy", "steps", "seed", "output_diagnostics", "diagnostics_positions", "visible_snr", "beta",
-             "beta_scale")
+             "beta_scale", "token_inputs")
 # Read by generate() itself for every strategy that writes new tokens.
 GENERATION_FIELDS = ("gen_length", "max_new_tokens", "truncate_at_eos")
 
@@ -183,6 +209,10 @@ STRATEGIES: Dict[str, Strategy] = {
     # The authors' sample_roar draws at temperature 1 without nucleus.
     "roar": Strategy(roar, kwargs={**DRAW, "roar_order": "order"}, derived=("roar_tokens_per_step",),
                      derive=_roar_step, defaults=dict(temperature=1.0), check=_positive_temperature),
+    # DSL-LLaDA's summarization SDE exactly (llada_dsl.md §5.5): S = steps = NFE // 2 Heun steps in
+    # y = z/γ form on the sensitive grid 0.01 → 100, η by NFE, β_inf = 2·β, top-512 x̂, unit init.
+    "dsl_llada_sde": Strategy(sde, derive=_dsl_llada_sde,
+                              check=_check_sensitive_steps, beta_scale=2.0),
     "correct": Strategy(correct, kwargs={"steps": "steps", "correct_snr": "suspect_snr",
                                          "correct_threshold": "threshold"}, generates=False),
 }
@@ -211,6 +241,18 @@ def strategy_fields(name: str, config) -> set:
     if row.finish is not None:
         fields |= {row.finish} | strategy_fields(getattr(config, row.finish), config)
     return fields
+
+
+def encode_prompt(tokenizer, text: str) -> List[int]:
+    """Prompt ids as DSL-LLaDA feeds them (llada_dsl.md §3, §6): `text` as the single user turn of the
+    tokenizer's chat template (apply_chat_template(add_generation_prompt=True, tokenize=False), then
+    tokenized with add_special_tokens=False: the BOS comes from the template) when it has one; raw
+    text (the Base model's way) otherwise."""
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                 tokenize=False)
+        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return tokenizer(text)["input_ids"]
 
 
 # ============================================================================ fields
@@ -306,7 +348,12 @@ FIELDS: Dict[str, Field] = _fields(
         beta=Field(None, float, "the converter's β for decoding (weights untouched); None: the learned β",
                    low=0.0, low_open=True, optional=True),
         beta_scale=Field(1.0, float, "decode with beta_scale·β_learned; 1 = no change; DSL-LLaDA decodes with "
-                         "β_inf = 2·β_train (beta_scale=2)", low=0.0, low_open=True),
+                         "β_inf = 2·β_train (beta_scale=2; strategy dsl_llada_sde's default)", low=0.0,
+                         low_open=True),
+        token_inputs=Field("converter", str, "how the masked samplers feed their discrete states: through the "
+                           "converter, or 'backbone': tokens and masks as the backbone's own token embedding, i.e. "
+                           "the published model itself (LLaDA's generate.py, llada_dsl.md §3)",
+                           choices=("converter", "backbone")),
     ),
     diagnostics=dict(
         output_diagnostics=Field(False, bool, "return per-step diagnostics u_t, H_t, k_t, r_t, Δ_t and rewrites "
@@ -613,10 +660,21 @@ class DSLGenerationMixin:
                 logger.warning("generate(): %s=%r is ignored by strategy=%r (read by: %s)", name, value,
                                config.strategy, ", ".join(readers))
 
-    def _denoiser(self, attention_mask, config) -> Denoiser:
-        """The model as a sampler's denoiser, at the config's visible SNR and inference β."""
+    def _denoiser(self, attention_mask, config, tokens=None, prompt_mask=None) -> Denoiser:
+        """The model as a sampler's denoiser, at the config's visible SNR and inference β; prompt
+        positions (`prompt_mask`) as the backbone's clean token embedding when the model's
+        `prompt_embedding` is "backbone"."""
+        beta_scale = config.beta_scale
+        row = STRATEGIES[config.strategy]
+        if row.beta_scale is not None and config.beta is None and beta_scale == 1.0:
+            beta_scale = row.beta_scale
+        extra = {}
+        if self.config.effective_prompt_embedding == "backbone" and prompt_mask is not None:
+            extra.update(tokens=tokens, clean_mask=prompt_mask)
+        if config.token_inputs != "converter":
+            extra["token_inputs"] = config.token_inputs
         return Denoiser.from_model(self, attention_mask, visible_snr=config.visible_snr, beta=config.beta,
-                                   beta_scale=config.beta_scale)
+                                   beta_scale=beta_scale, **extra)
 
     def _split_prompts(self, input_ids, attention_mask, config, device) -> List[torch.Tensor]:
         repeats = 1 if config.num_return_sequences is None else config.num_return_sequences
@@ -712,7 +770,8 @@ class DSLGenerationMixin:
         skip_first = torch.tensor([n == 0 for n in lengths], dtype=torch.bool, device=device)
         run = RunInfo(model_config.snr_max, gen_len, eos_list, skip_first)
         result = STRATEGIES[config.strategy].sampler(
-            self._denoiser(attn, config), tokens, generate_mask, **sampler_kwargs(config.strategy, config, run),
+            self._denoiser(attn, config, tokens, attended & ~generate_mask), tokens, generate_mask,
+            **sampler_kwargs(config.strategy, config, run),
             generator=generators, diagnostics=config.output_diagnostics,
             diagnostics_positions=config.diagnostics_positions, callback=callback, progress=progress_bar)
 

@@ -11,6 +11,7 @@ shipped flat as Hub remote code.
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -23,6 +24,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbone_base import DSLBackbone
+from .backbone_llada import LLaDATransformer
 from .backbone_mdlm import MDLMDiT
 from .configuration_dsl import DSLConfig, warm_start_mask_bias
 from .converter_dsl import SoftmaxConverter, SphericalEmbedding
@@ -33,7 +35,7 @@ from .sampling_dsl import posterior_mean
 logger = logging.getLogger(__name__)
 
 # The one registry of backbones: backbone_type → DSLBackbone subclass.
-BACKBONES = {cls.backbone_type: cls for cls in (MDLMDiT,)}
+BACKBONES = {cls.backbone_type: cls for cls in (MDLMDiT, LLaDATransformer)}
 
 
 def backbone_class(backbone_type: str) -> type:
@@ -231,8 +233,34 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         `beta` (float or 0-d / (1,) tensor) replaces the converter's learned β for this call only
         (DSL-LLaDA decodes with β_inf = 2·β_train); the weights are untouched.
         """
+        return self.hidden_states_with_clean(noisy_embeds, attention_mask, beta)
+
+    def hidden_states_with_clean(self, noisy_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                                 beta=None, clean_ids: Optional[torch.Tensor] = None,
+                                 clean_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`hidden_states`, with the positions marked by `clean_mask` (B, L) bool fed as the backbone's
+        own token embedding of `clean_ids` (B, L) instead of the converter output
+        (`prompt_embedding="backbone"`: DSL-LLaDA's clean `wte(prompt)`, reference llada_dsl.md §5.5).
+        """
         h = self.converter(noisy_embeds, self.noise_embeddings(), beta=beta)
+        if clean_mask is not None:
+            h = torch.where(clean_mask.bool().unsqueeze(-1), self.embed_clean_tokens(clean_ids).to(h.dtype), h)
         return self.backbone(h, attention_mask)
+
+    def embed_clean_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The backbone's own token embedding of `input_ids` (B, L) → (B, L, D); `ValueError` naming
+        `prompt_embedding` / `token_inputs` when the backbone has none."""
+        embedding = self.backbone.token_embedding()
+        if embedding is None:
+            raise ValueError(f"prompt_embedding='backbone' / token_inputs='backbone' need a backbone with a token "
+                             f"embedding; "
+                             f"{self.config.backbone_type!r} has none")
+        return embedding(input_ids.clamp(0, self.config.vocab_size - 1))
+
+    def hidden_states_from_tokens(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
+        """The published backbone on its own inputs: the backbone's token embedding of every id (the
+        mask id included, as LLaDA feeds `<|mdm_mask|>`), no converter → (B, L, D)."""
+        return self.backbone(self.embed_clean_tokens(input_ids), attention_mask)
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head on any subset of positions: (..., D) → fp32 logits (..., V). Runs outside
@@ -337,22 +365,77 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
                                   revision=revision, **config_kwargs)
 
     @classmethod
+    def from_llada(cls, pretrained_model_name_or_path: str, preset: str = "dsl_llada", strict: bool = True,
+                   revision: Optional[str] = None, torch_dtype: Optional[torch.dtype] = None,
+                   freeze_lm_head: bool = True, freeze_noise_embeddings: bool = True,
+                   freeze_token_embedding: bool = True, **config_kwargs) -> "DSLForDiffusionLM":
+        """Build a DSL model from a LLaDA checkpoint (`GSAI-ML/LLaDA-8B-Base` / `-Instruct` format) or
+        from a released DSL-LLaDA checkpoint (`liddlefish/DSL-LLaDA-*`), reference llada_dsl.md.
+
+        Reads `config.json` (§1.1: d_model, n_layers, n_heads, n_kv_heads, mlp_hidden_size,
+        vocab_size / embedding_size, rope_theta, rms_norm_eps, max_sequence_length, mask_token_id;
+        unsupported architecture switches raise) and the sharded `model.transformer.*` safetensors
+        strictly (missing, unexpected and mis-shaped keys are named). The converter starts as
+        DSL-LLaDA's (§5.2): W_trans[:, :V] = wteᵀ, the mask column = wte[mask_token_id] (126336),
+        c = PyTorch's Linear default U(±1/√(V+1)), β₀ and the mask bias (ln V) from `preset`, fresh
+        unit-sphere embeddings of `noise_dim` (default 100, the released models', §5). A released
+        DSL-LLaDA checkpoint's extra keys (`noise_embed.weight`, `converter.backbone_embedding.*`,
+        `converter.beta`, `converter.logit_bias`, `log_snr_max` → `snr_max`) replace that init, so
+        their converter + backbone give the same outputs here.
+
+        Special ids: `eos_token_id` is [EOS, <|eot_id|>] (both end text), read from the folder's
+        tokenizer files when present, else LLaDA-8B's 126081 and 126348 (§1.1); pad = EOS.
+
+        Args:
+            preset: SNR / init preset (default "dsl_llada", §5.3).
+            torch_dtype: parameter dtype; None keeps the checkpoint's (bf16 for LLaDA-8B).
+            freeze_lm_head: `requires_grad=False` on the LM head (the authors' DSL_FREEZE_FFOUT=1, §5.4).
+            freeze_noise_embeddings: `requires_grad=False` on E (the authors' frozen noise_embed, §5.4).
+            freeze_token_embedding: `requires_grad=False` on wte (it gets no gradient: the converter
+                feeds the blocks, §5.4).
+            Other arguments as `from_published`; the flags are not saved (re-apply after reloading).
+        """
+        folder = resolve_checkpoint_dir(pretrained_model_name_or_path, revision)
+        specials = llada_special_ids(folder)
+        config_kwargs.setdefault("eos_token_id", specials["eos_token_id"])
+        config_kwargs.setdefault("pad_token_id", specials["pad_token_id"])
+        model = cls.from_published(folder, "llada", preset=preset, strict=strict, torch_dtype=torch_dtype,
+                                   warm_start=False, defaults=dict(noise_dim=100), **config_kwargs)
+        if freeze_lm_head:
+            model.get_output_embeddings().weight.requires_grad_(False)
+        if freeze_noise_embeddings:
+            model.embed.weight.requires_grad_(False)
+        if freeze_token_embedding:
+            model.backbone.token_embedding().weight.requires_grad_(False)
+        return model
+
+    @classmethod
     def from_published(cls, pretrained_model_name_or_path: str, backbone_type: str, preset: str = "paper",
                        strict: bool = True, revision: Optional[str] = None,
-                       **config_kwargs) -> "DSLForDiffusionLM":
+                       torch_dtype: Optional[torch.dtype] = None, warm_start: bool = True,
+                       defaults: Optional[dict] = None, **config_kwargs) -> "DSLForDiffusionLM":
         """Build a DSL model from a published checkpoint of a registered backbone's format.
 
         The backbone reads the checkpoint's config and tensors (`config_from_published`,
-        `weights_from_published`); W_trans starts from the published input embedding and the
-        converter's mask bias from `warm_start_mask_bias(V)` = ln(99(V+1)), the authors' MDLM init
-        (reference/dsl_official.md §3.1), unless `mask_bias_init` is passed.
+        `weights_from_published`); W_trans starts from the published input embedding. With
+        `warm_start` the converter's mask bias starts from `warm_start_mask_bias(V)` = ln(99(V+1)),
+        the authors' MDLM init (reference/dsl_official.md §3.1), unless `mask_bias_init` is passed;
+        otherwise it follows the preset. Tensors already trained by DSL (a released DSL model's
+        converter and embeddings, `PublishedWeights.dsl_state_dict`) replace the fresh init.
+
+        Memory: the model is built on the `meta` device and every published tensor is assigned in
+        place (no second copy, no random init of the backbone); only the converter and embeddings
+        are allocated fresh. Peak host memory ≈ checkpoint + converter (benchmarks/bench_llada_load.py).
 
         Args:
             pretrained_model_name_or_path: local directory or Hub repo id.
             backbone_type: a key of `BACKBONES`.
-            preset: "paper" or "authors_code" (see `DSLConfig.preset_fields`).
+            preset: a name of `SNR_PRESETS` (see `DSLConfig.preset_fields`).
             strict: raise `ValueError` listing missing, unexpected and mis-shaped keys.
             revision: Hub revision.
+            torch_dtype: parameter dtype; None keeps the published input embedding's dtype.
+            warm_start: start the mask bias at the MDLM warm start (see above).
+            defaults: `DSLConfig` fields used unless the checkpoint or `config_kwargs` give them.
             config_kwargs: further `DSLConfig` fields; the ones read from the checkpoint cannot be
                 overridden (`ValueError`).
         """
@@ -366,25 +449,79 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         if clash:
             raise ValueError(f"{clash} are read from the {backbone_cls.published_format} checkpoint and cannot be "
                              "overridden")
-        config_kwargs.setdefault("mask_bias_init", warm_start_mask_bias(fields["vocab_size"]))
+        for key, value in (defaults or {}).items():
+            if key not in fields:
+                config_kwargs.setdefault(key, value)
+        if warm_start:
+            config_kwargs.setdefault("mask_bias_init", warm_start_mask_bias(fields["vocab_size"]))
         config = DSLConfig.from_preset(preset, **fields, **config_kwargs)
-        model = cls(config)
         weights = backbone_cls.weights_from_published(state, config)
-        mapped = weights.state_dict
-        expected = model.backbone.state_dict()
+        del state
+        dtype = torch_dtype if torch_dtype is not None else weights.input_embedding.dtype
+        with torch.device("meta"):
+            model = cls(config)
+        model.to(dtype)
+        mapped = {f"backbone.{k}": v for k, v in weights.state_dict.items()}
+        mapped.update(weights.dsl_state_dict)
+        expected = {k: v for k, v in model.state_dict().items()
+                    if k.startswith("backbone.") or (weights.dsl_state_dict and k in released_dsl_names(model))}
         report = compare_keys(expected, mapped)
-        report = {kind: [f"backbone.{name}" for name in names] for kind, names in report.items()}
         report["unexpected"] = sorted(report["unexpected"] + list(weights.unexpected))
         if any(report.values()):
             message = "; ".join(f"{kind}: {names}" for kind, names in report.items() if names)
             if strict:
-                raise ValueError(f"{backbone_cls.published_format} checkpoint does not match the DSL backbone "
+                raise ValueError(f"{backbone_cls.published_format} checkpoint does not match the DSL model "
                                  f"({message})")
             logger.warning("checkpoint mismatches (loaded the rest): %s", message)
-            mapped = {k: v for k, v in mapped.items() if k in expected and expected[k].shape == v.shape}
-        model.backbone.load_state_dict(mapped, strict=False)
-        model.converter.init_from_embedding(weights.input_embedding, weights.mask_embedding)
+        mapped = {k: v.to(dtype) if v.is_floating_point() else v for k, v in mapped.items()
+                  if k in expected and tuple(expected[k].shape) == tuple(v.shape)}
+        model.load_state_dict(mapped, strict=False, assign=True)
+        loaded = set(mapped)
+        del mapped
+        materialize_meta(model)
+        if not loaded & released_dsl_names(model):
+            model.converter.init_from_embedding(weights.input_embedding, weights.mask_embedding)
+            if backbone_type == "llada" and model.converter.backbone_embedding.bias is not None:
+                # DSL-LLaDA keeps c at PyTorch's Linear default U(±1/√(V+1)) (llada_dsl.md §5.2).
+                bound = 1.0 / math.sqrt(config.vocab_size + 1)
+                with torch.no_grad():
+                    model.converter.backbone_embedding.bias.uniform_(-bound, bound)
         return model
+
+
+def released_dsl_names(model) -> set:
+    """Names of the converter and spherical-embedding tensors (what a DSL-trained release adds)."""
+    return {k for k in model.state_dict() if k == "embed.weight" or k.startswith("converter.")}
+
+
+def materialize_meta(model: nn.Module) -> None:
+    """Allocate every parameter / buffer still on `meta` (not in the checkpoint) on the CPU and give
+    it the model's own init (`_init_weights` of its module)."""
+    for module in model.modules():
+        tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        if any(t.is_meta for _, t in tensors):
+            module.to_empty(device="cpu", recurse=False)
+            model._init_weights(module)
+
+
+def llada_special_ids(folder: str) -> dict:
+    """{eos_token_id: [EOS, <|eot_id|>], pad_token_id} of a LLaDA folder. EOS / pad come from its
+    config.json (LLaDA-8B: 126081, llada_dsl.md §1.1), <|eot_id|> from its `tokenizer.json` when
+    present, else 126348 when the vocabulary is LLaDA-8B's (§1.1)."""
+    from .backbone_llada import LLADA_EOS_TOKEN_ID, LLADA_EOT_TOKEN_ID, LLADA_VOCAB_SIZE
+
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        published = json.load(f)
+    added = {}
+    path = os.path.join(folder, "tokenizer.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            added = {t["content"]: t["id"] for t in json.load(f).get("added_tokens", [])}
+    eos = published.get("eos_token_id", added.get("<|endoftext|>", LLADA_EOS_TOKEN_ID))
+    eot = added.get("<|eot_id|>")
+    if eot is None and published.get("embedding_size", published.get("vocab_size")) == LLADA_VOCAB_SIZE:
+        eot = LLADA_EOT_TOKEN_ID
+    return dict(eos_token_id=[eos] if eot is None else [eos, eot], pad_token_id=published.get("pad_token_id", eos))
 
 
 # --------------------------------------------------------------------------- checkpoint I/O (any backbone)

@@ -99,7 +99,8 @@ class SNRSampler:
     With `granularity="token"` every token independently is a ROAR token with probability
     `roar_prob`; a ROAR token is hidden or visible with probability ½ each. With
     `granularity="sequence"` (the authors' code) whole rows are ROAR and reveal k ~ U{0, …, L−1}
-    random positions; every other row gets one LogNormal γ. Which rows are ROAR follows `row_rule`:
+    random positions; every other row gets one LogNormal γ (`"sequence_roar"`, DSL-LLaDA's
+    `sample_mixed_snr`: one LogNormal γ per token of those rows). Which rows are ROAR follows `row_rule`:
     "bernoulli" — each row independently with probability `roar_prob`; "leading" — exactly the first
     ⌊B·roar_prob⌋ rows of the batch (the authors' `mixed` path: ⌊B/4⌋ rows,
     reference/dsl_official.md §5). The row rule needs sequence granularity.
@@ -119,14 +120,15 @@ class SNRSampler:
         lognormal_sigma: float = 0.9,
         clip: bool = False,
         row_rule: str = "bernoulli",
+        lognormal_max: Optional[float] = None,
     ):
         if roar_type not in ("smoothed", "atomic"):
             raise ValueError(f"roar_type must be 'smoothed' or 'atomic', got {roar_type!r}")
-        if granularity not in ("token", "sequence"):
-            raise ValueError(f"granularity must be 'token' or 'sequence', got {granularity!r}")
+        if granularity not in ("token", "sequence", "sequence_roar"):
+            raise ValueError(f"granularity must be 'token', 'sequence' or 'sequence_roar', got {granularity!r}")
         if row_rule not in self.ROW_RULES:
             raise ValueError(f"row_rule must be one of {self.ROW_RULES}, got {row_rule!r}")
-        if row_rule != "bernoulli" and granularity != "sequence":
+        if row_rule != "bernoulli" and granularity == "token":
             raise ValueError(f"row_rule={row_rule!r} needs granularity='sequence' (it picks whole ROAR rows)")
         if not 0.0 <= roar_prob <= 1.0:
             raise ValueError(f"roar_prob must be in [0, 1], got {roar_prob}")
@@ -138,6 +140,7 @@ class SNRSampler:
         self.row_rule = row_rule
         self.snr_min, self.snr_max, self.roar_c = snr_min, snr_max, roar_c
         self.mu, self.sigma, self.clip = lognormal_mu, lognormal_sigma, clip
+        self.lognormal_max = lognormal_max
 
     @classmethod
     def from_config(cls, config) -> "SNRSampler":
@@ -146,14 +149,15 @@ class SNRSampler:
             roar_prob=config.roar_prob, roar_type=config.roar_type, granularity=config.snr_granularity,
             snr_min=config.snr_min, snr_max=config.snr_max, roar_c=config.roar_c,
             lognormal_mu=config.lognormal_mu, lognormal_sigma=config.lognormal_sigma, clip=config.snr_clip,
-            row_rule=config.roar_row_rule,
+            row_rule=config.roar_row_rule, lognormal_max=getattr(config, "lognormal_max", None),
         )
 
     def lognormal(self, shape, generator=None, device=None) -> torch.Tensor:
-        """ln γ ~ N(μ, σ²), optionally clipped to [snr_min, snr_max]."""
+        """ln γ ~ N(μ, σ²), optionally clipped to [snr_min, snr_max], then clamped to ≤ lognormal_max."""
         normal = randn(shape, generator, device)
         snr = torch.exp(self.mu + self.sigma * normal)
-        return snr.clamp(self.snr_min, self.snr_max) if self.clip else snr
+        snr = snr.clamp(self.snr_min, self.snr_max) if self.clip else snr
+        return snr if self.lognormal_max is None else snr.clamp(max=self.lognormal_max)
 
     def roar_endpoints(self, visible: torch.Tensor, generator=None) -> torch.Tensor:
         """ROAR SNRs: U(0, γ_min) / U(cγ_max, γ_max) when smoothed, 0 / γ_max when atomic."""
@@ -187,7 +191,8 @@ class SNRSampler:
             k = (rand((batch_size, 1), generator, device) * seq_len).floor()
             rank = rand(shape, generator, device).argsort(dim=1).argsort(dim=1)
             visible = rank < k
-            lognormal = self.lognormal((batch_size, 1), generator, device).expand(shape)
+            per_row = self.granularity == "sequence"  # "sequence_roar": per-token LogNormal (DSL-LLaDA)
+            lognormal = self.lognormal((batch_size, 1) if per_row else shape, generator, device).expand(shape)
             snr = torch.where(is_roar, self.roar_endpoints(visible, generator), lognormal)
         return (snr, is_roar) if return_roar_mask else snr
 

@@ -121,8 +121,12 @@ class Denoiser:
     """
 
     def __init__(self, features_fn: Callable, head_fn: Optional[Callable], embeddings: torch.Tensor,
-                 visible_snr: float, mask_token_id: Optional[int] = None):
+                 visible_snr: float, mask_token_id: Optional[int] = None,
+                 token_features_fn: Optional[Callable] = None):
         self.features_fn = features_fn
+        # Optional (tokens (B, L), visible (B, L) bool) → features: the masked samplers' discrete
+        # states fed as the published model's own inputs (`token_inputs="backbone"`).
+        self.token_features_fn = token_features_fn
         self.head_fn = head_fn
         self.embeddings = embeddings.float()
         self.visible_snr = float(visible_snr)
@@ -131,7 +135,8 @@ class Denoiser:
 
     @classmethod
     def from_model(cls, model, attention_mask: Optional[torch.Tensor] = None, *, visible_snr: Optional[float] = None,
-                   beta: Optional[float] = None, beta_scale: float = 1.0) -> "Denoiser":
+                   beta: Optional[float] = None, beta_scale: float = 1.0, tokens: Optional[torch.Tensor] = None,
+                   clean_mask: Optional[torch.Tensor] = None, token_inputs: str = "converter") -> "Denoiser":
         """Wrap a `DSLForDiffusionLM`: features = hidden states, head = the per-position LM head.
 
         Args:
@@ -142,6 +147,13 @@ class Denoiser:
                 learned β.
             beta_scale: β_inf = beta_scale · β_learned (DSL-LLaDA decodes with 2×); 1.0 = no
                 change. Give at most one of `beta` and `beta_scale`.
+            tokens, clean_mask: (B, L) ids and bool; the marked (prompt) positions are fed as the
+                backbone's own token embedding instead of the converter output
+                (`prompt_embedding="backbone"`, DSL-LLaDA's clean wte(prompt)). In a doubled (CFG)
+                batch only the conditional half is, the unconditional half keeps its masked prompt.
+            token_inputs: "converter", or "backbone": the masked samplers' discrete states (visible
+                tokens and masks alike) are fed as the backbone's own token embedding, i.e. the
+                published model itself (LLaDA's generate.py); continuous SDE states still use the converter.
         """
         _check_num("visible_snr", visible_snr, 0.0, low_open=True, optional=True)
         _check_num("beta", beta, 0.0, low_open=True, optional=True)
@@ -153,22 +165,43 @@ class Denoiser:
         converter_kwargs = {} if beta is None else {"beta": beta}
         mask = attention_mask
 
-        def features(z):
+        if token_inputs not in ("converter", "backbone"):
+            raise ValueError(f"token_inputs must be 'converter' or 'backbone', got {token_inputs!r}")
+
+        def batch_mask(rows):
             m = mask
-            if m is not None and m.shape[0] != z.shape[0]:  # e.g. CFG doubles the batch
-                m = m.repeat(z.shape[0] // m.shape[0], 1)
-            return model.hidden_states(z, m, **converter_kwargs)
+            if m is not None and m.shape[0] != rows:  # e.g. CFG doubles the batch
+                m = m.repeat(rows // m.shape[0], 1)
+            return m
+
+        def features(z):
+            m = batch_mask(z.shape[0])
+            if clean_mask is None or not bool(clean_mask.any()):
+                return model.hidden_states(z, m, **converter_kwargs)
+            clean = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
+            clean[: clean_mask.shape[0]] = clean_mask  # the conditional half only
+            ids = tokens.repeat(z.shape[0] // tokens.shape[0], 1)
+            return model.hidden_states_with_clean(z, m, clean_ids=ids, clean_mask=clean, **converter_kwargs)
+
+        def token_features(ids, visible):
+            ids = ids.masked_fill(~visible, model.config.mask_token_id)
+            return model.hidden_states_from_tokens(ids, batch_mask(ids.shape[0]))
 
         snr = model.config.effective_visible_snr if visible_snr is None else visible_snr
-        return cls(features, model.logits_from_hidden, model.noise_embeddings(), snr, model.config.mask_token_id)
+        return cls(features, model.logits_from_hidden, model.noise_embeddings(), snr, model.config.mask_token_id,
+                   token_features if token_inputs == "backbone" else None)
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
         return self.features_fn(z)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """fp32 logits over the V ids; the mask id's column is −inf when it is one of them."""
+        return self.suppress_mask(self.raw_logits(features))
+
+    def raw_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """fp32 logits over the V ids, the mask id's column included."""
         out = features if self.head_fn is None else self.head_fn(features)
-        return self.suppress_mask(out.float())
+        return out.float()
 
     def suppress_mask(self, logits: torch.Tensor) -> torch.Tensor:
         """Set the mask id's column to −inf when the mask id is a real id (mask_token_id < V)."""
@@ -381,20 +414,30 @@ class _Draft:
         out[self.index.rows, self.index.cols] = self.is_masked
         return out
 
-    def z(self, condition: bool = True) -> torch.Tensor:
-        """Noise-space state: visible tokens at the denoiser's visible SNR, masks at z = 0
-        (`condition=False`: the fixed positions masked too, for CFG)."""
+    def visible(self, condition: bool = True) -> torch.Tensor:
+        """(B, L) bool, the visible positions (`condition=False`: the fixed positions masked too, for CFG)."""
         visible = ~self.index.mask if condition else torch.zeros_like(self.index.mask)
         visible = visible.clone()
         visible[self.index.rows, self.index.cols] = ~self.is_masked
-        return self.den.draft_embeds(self.tokens(), visible)
+        return visible
+
+    def z(self, condition: bool = True) -> torch.Tensor:
+        """Noise-space state: visible tokens at the denoiser's visible SNR, masks at z = 0
+        (`condition=False`: the fixed positions masked too, for CFG)."""
+        return self.den.draft_embeds(self.tokens(), self.visible(condition))
 
     def logits(self, flat: torch.Tensor, diagnostic: bool = False) -> torch.Tensor:
         """fp32 logits (n, V) of p_θ at flat generated positions `flat` for the current state.
         `diagnostic=True` does not count a network run made only for it."""
         if self.features is None:
-            z = self.z()
-            self.features = self.den.features(torch.cat([z, self.z(False)]) if self.cfg_scale > 0 else z)
+            if self.den.token_features_fn is not None:  # the published model's own discrete inputs
+                conditions = (True, False) if self.cfg_scale > 0 else (True,)
+                tokens = self.tokens()
+                self.features = self.den.token_features_fn(tokens.repeat(len(conditions), 1),
+                                                           torch.cat([self.visible(c) for c in conditions]))
+            else:
+                z = self.z()
+                self.features = self.den.features(torch.cat([z, self.z(False)]) if self.cfg_scale > 0 else z)
             self.counted = False
         if not diagnostic and not self.counted:
             self.nfe += 2 if self.cfg_scale > 0 else 1
@@ -403,9 +446,10 @@ class _Draft:
         if self.cfg_scale <= 0:
             return self.den.logits(self.features[rows, cols])
         batch = self.index.batch
-        cond = self.den.logits(self.features[:batch][rows, cols])
-        uncond = self.den.logits(self.features[batch:][rows, cols])
-        return uncond + (self.cfg_scale + 1.0) * (cond - uncond)
+        # Combine before suppressing the mask id (−inf − −inf would be NaN when the mask id is a real id).
+        cond = self.den.raw_logits(self.features[:batch][rows, cols])
+        uncond = self.den.raw_logits(self.features[batch:][rows, cols])
+        return self.den.suppress_mask(uncond + (self.cfg_scale + 1.0) * (cond - uncond))
 
     def commit(self, flat: torch.Tensor, drawn: torch.Tensor) -> None:
         """Set tokens `drawn` at flat generated positions `flat` (now visible)."""
@@ -599,6 +643,8 @@ def sde(
     noise_scale: float = 1.0,
     posterior_top_k: Optional[int] = None,
     z_init: Optional[torch.Tensor] = None,
+    parameterization: str = "z",
+    init: str = "zero",
     generator: GeneratorArg = None,
     diagnostics: bool = False,
     diagnostics_p: float = 0.9,
@@ -624,6 +670,13 @@ def sde(
         posterior_top_k: x̂ = softmax(top-k logits) @ E[top-k] (renormalised over the k most
             likely tokens). Diagnostics still describe the full p_θ.
         z_init: (B, L, d) start state at γ_0 (e.g. to continue a path).
+        parameterization: "z" integrates dz = x̂ dγ + noise_scale·dW; "y" (DSL-LLaDA's SDE,
+            reference llada_dsl.md §5.5) integrates y = z/γ with dy = f dγ + g dW, f = (x̂ − y)/γ,
+            g = noise_scale/γ (the same SDE in continuous time: dz = y dγ + γ dy = x̂ dγ + η dW,
+            so noise_scale is their η), the denoiser seeing z = γ·y; Heun then averages f and g
+            of the two ends with the same ΔW = √Δγ·N(0, I), as their code does.
+        init: "zero" (z = 0 at γ_0) or "unit" (DSL-LLaDA's norm init: y_0 = ε/‖ε‖ per position,
+            z_0 = γ_0·y_0; ε is drawn before the first step's noise).
     Returns:
         [`SamplerOutput`]: tokens = argmax of the final denoiser logits at generated positions;
         `extra["z"]` the final state, `extra["final_logits"]` (N, V) at the generated positions
@@ -636,6 +689,10 @@ def sde(
     _check_num("noise_scale", noise_scale, 0.0)
     _check_int("posterior_top_k", posterior_top_k, 1, optional=True)
     _check_num("diagnostics_p", diagnostics_p, 0.0, 1.0, low_open=True)
+    if parameterization not in ("z", "y"):
+        raise ValueError(f"parameterization must be 'z' or 'y', got {parameterization!r}")
+    if init not in ("zero", "unit"):
+        raise ValueError(f"init must be 'zero' or 'unit', got {init!r}")
     index = _GenIndex(generate_mask)
     device = tokens.device
     batch, length = tokens.shape
@@ -656,20 +713,47 @@ def sde(
         logits = den.logits(feats[index.rows, index.cols]).float()
         return logits, posterior_mean(logits, emb, posterior_top_k)
 
+    y = None  # the y-form state z/γ of the generated positions
+    if init == "unit":
+        eps = rng.ragged("normal", index.counts, (emb.shape[1],))
+        y = eps / eps.norm(dim=-1, keepdim=True)
+        z[index.rows, index.cols] = y * path[:, :1].float()
     z_gen = z[index.rows, index.cols]
+    if parameterization == "y":
+        if bool((path[:, 0] <= 0).any()):
+            raise ValueError("snr_path must start above 0 for parameterization='y' (y = z/γ)")
+        y = z_gen / path[:, :1].float() if y is None else y
     for k in _progress(range(steps), progress, "sde"):
         delta = (path[:, k + 1] - path[:, k]).clamp_min(0).float().unsqueeze(-1)  # (N, 1)
-        noise = rng.ragged("normal", index.counts, (emb.shape[1],)) * (noise_scale * delta.sqrt())
-        logits, x_hat = evaluate(z)
-        nfe += 1
-        if integrator == "heun":
-            z_pred = z.clone()
-            z_pred[index.rows, index.cols] = z_gen + x_hat * delta + noise
-            _, x_hat_2 = evaluate(z_pred)
+        if parameterization == "y":
+            s_now, s_next = path[:, k].float().unsqueeze(-1), path[:, k + 1].float().unsqueeze(-1)
+            d_w = rng.ragged("normal", index.counts, (emb.shape[1],)) * delta.sqrt()
+            logits, x_hat = evaluate(z)
             nfe += 1
-            z_gen = z_gen + 0.5 * (x_hat + x_hat_2) * delta + noise
+            f_now, g_now = (x_hat - y) / s_now, noise_scale / s_now
+            if integrator == "heun":
+                y_pred = y + f_now * delta + g_now * d_w
+                z_pred = z.clone()
+                z_pred[index.rows, index.cols] = s_next * y_pred
+                _, x_hat_2 = evaluate(z_pred)
+                nfe += 1
+                f_next, g_next = (x_hat_2 - y_pred) / s_next, noise_scale / s_next
+                y = y + 0.5 * (f_now + f_next) * delta + 0.5 * (g_now + g_next) * d_w
+            else:
+                y = y + f_now * delta + g_now * d_w
+            z_gen = s_next * y
         else:
-            z_gen = z_gen + x_hat * delta + noise
+            noise = rng.ragged("normal", index.counts, (emb.shape[1],)) * (noise_scale * delta.sqrt())
+            logits, x_hat = evaluate(z)
+            nfe += 1
+            if integrator == "heun":
+                z_pred = z.clone()
+                z_pred[index.rows, index.cols] = z_gen + x_hat * delta + noise
+                _, x_hat_2 = evaluate(z_pred)
+                nfe += 1
+                z_gen = z_gen + 0.5 * (x_hat + x_hat_2) * delta + noise
+            else:
+                z_gen = z_gen + x_hat * delta + noise
         z = z.clone()
         z[index.rows, index.cols] = z_gen
         if diagnostics or callback is not None:

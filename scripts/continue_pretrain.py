@@ -2,7 +2,8 @@
 """DSL continued pretraining (paper §4.1, Algorithm 1) with `transformers.Trainer`.
 
 Start from a DSL checkpoint (`--model_name_or_path`), an MDLM checkpoint (`--mdlm_checkpoint`,
-converted with `DSLForDiffusionLM.from_mdlm`) or a fresh config (`--config_overrides` only); train
+converted with `DSLForDiffusionLM.from_mdlm`), a LLaDA / released DSL-LLaDA checkpoint
+(`--llada_checkpoint`, `DSLForDiffusionLM.from_llada`) or a fresh config (`--config_overrides` only); train
 on packed text blocks or prompt/response pairs; save a folder that loads with
 `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` (or a PEFT adapter with `--use_lora`).
 
@@ -58,7 +59,7 @@ logger = logging.getLogger("continue_pretrain")
 # to a loaded checkpoint. β₀ and the mask bias are not among them: they are already learned weights
 # (the config then records snr_preset "custom" when they differ from the preset's).
 SNR_FIELDS = ("snr_preset", "snr_granularity", "roar_row_rule", "roar_type", "roar_prob", "snr_max", "snr_min",
-              "roar_c", "lognormal_mu", "lognormal_sigma", "snr_clip", "visible_snr")
+              "roar_c", "lognormal_mu", "lognormal_sigma", "snr_clip", "lognormal_max", "visible_snr")
 # Fields --config_overrides may change on a loaded checkpoint: training-time settings only. The
 # others describe the weights (shapes, init) and would make the saved config disagree with them.
 TRAINING_FIELDS = SNR_FIELDS + ("dropout",)
@@ -71,14 +72,20 @@ class ModelArguments:
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "DSL checkpoint (folder or Hub id)."})
     mdlm_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "MDLM checkpoint (kuleshov-group/mdlm-owt format) converted with from_mdlm."})
+    llada_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "LLaDA (GSAI-ML/LLaDA-8B-* format) or released DSL-LLaDA checkpoint converted "
+                                        "with from_llada (preset dsl_llada; LM head, E and wte frozen as the authors)."})
+    converter_lr_multiplier: float = field(
+        default=1.0, metadata={"help": "Converter learning rate = learning_rate × this, as a parameter group "
+                                       "(DSL-LLaDA: 25, applied there as a gradient hook)."})
     config_overrides: Optional[str] = field(
         default=None,
         metadata={"help": "Comma-separated DSLConfig fields, e.g. 'hidden_size=256,num_hidden_layers=4'. Alone: "
                           "build a fresh model (vocab_size defaults to the tokenizer's)."})
     snr_preset: Optional[str] = field(
-        default=None, metadata={"help": "Preset: 'paper' or 'authors_code' (training SNR distribution, visible SNR; "
-                                        "converter init for new models). Default: the checkpoint's; 'paper' for "
-                                        "fresh and MDLM-converted models."})
+        default=None, metadata={"help": "Preset: 'paper', 'authors_code' or 'dsl_llada' (training SNR distribution, "
+                                        "visible SNR; converter init for new models). Default: the checkpoint's; "
+                                        "'paper' for fresh and MDLM-converted models, 'dsl_llada' for LLaDA."})
     objective: str = field(default="dsl", metadata={"help": f"Training objective, one of {OBJECTIVES}."})
     freeze_lm_head: bool = field(default=False, metadata={"help": "Freeze the output layer (LM head)."})
     freeze_embeddings: bool = field(
@@ -158,11 +165,12 @@ def parse_overrides(text: Optional[str]) -> dict:
 
 def check_arguments(model_args: ModelArguments, data_args: DataArguments) -> None:
     """Raise ValueError naming the offending argument."""
-    sources = [x for x in (model_args.model_name_or_path, model_args.mdlm_checkpoint) if x]
+    sources = [x for x in (model_args.model_name_or_path, model_args.mdlm_checkpoint, model_args.llada_checkpoint) if x]
     if len(sources) > 1:
-        raise ValueError("pass only one of --model_name_or_path and --mdlm_checkpoint")
+        raise ValueError("pass only one of --model_name_or_path, --mdlm_checkpoint and --llada_checkpoint")
     if not sources and not model_args.config_overrides:
-        raise ValueError("pass --model_name_or_path, --mdlm_checkpoint or --config_overrides (fresh model)")
+        raise ValueError("pass --model_name_or_path, --mdlm_checkpoint, --llada_checkpoint or --config_overrides "
+                         "(fresh model)")
     if model_args.objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {OBJECTIVES}, got {model_args.objective!r}")
     if model_args.snr_preset not in (None,) + SNR_PRESETS:
@@ -230,7 +238,7 @@ def check_block_size_early(model_args: ModelArguments, data_args: DataArguments)
 
 
 def load_tokenizer(model_args: ModelArguments, data_args: DataArguments):
-    name = data_args.tokenizer_name or model_args.model_name_or_path
+    name = data_args.tokenizer_name or model_args.model_name_or_path or model_args.llada_checkpoint
     if name is None:
         raise ValueError("--tokenizer_name is required when starting from an MDLM checkpoint or a fresh config")
     tokenizer = AutoTokenizer.from_pretrained(name)
@@ -257,6 +265,9 @@ def build_model(model_args: ModelArguments, tokenizer) -> DSLForDiffusionLM:
         for key, value in {**{k: v for k, v in snr.items() if k in SNR_FIELDS}, **overrides}.items():
             setattr(model.config, key, value)
         model.config.validate_fields()
+    elif model_args.llada_checkpoint:
+        model = DSLForDiffusionLM.from_llada(model_args.llada_checkpoint, preset=model_args.snr_preset or "dsl_llada",
+                                             **overrides)
     elif model_args.mdlm_checkpoint:
         model = DSLForDiffusionLM.from_mdlm(model_args.mdlm_checkpoint, preset=model_args.snr_preset or "paper",
                                             **overrides)
@@ -384,7 +395,7 @@ def main(argv=None, callbacks=None) -> dict:
     trainer = DSLTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer, objective=model_args.objective, eval_max_batches=data_args.eval_max_batches,
-        callbacks=list(callbacks or []),
+        callbacks=list(callbacks or []), converter_lr_multiplier=model_args.converter_lr_multiplier,
     )
     if model_args.ema_decay is not None:
         trainer.add_callback(EMACallback(decay=model_args.ema_decay))

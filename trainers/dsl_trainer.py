@@ -316,6 +316,11 @@ class DSLTrainer(Trainer):
         snr_bucket_edges: increasing lower edges of the SNR buckets of the training-loss log.
         mdlm_eps: the log-linear schedule's eps.
         ema_decay: convenience: add an [`EMACallback`] with this decay (unless one is in `callbacks`).
+        converter_lr_multiplier: the converter's parameters form their own optimizer groups at
+            `learning_rate × multiplier` (the schedule scales every group alike). DSL-LLaDA used 25
+            through gradient hooks (DSL_CONVERTER_LR_SCALE), which under Adam barely changes the step
+            and mostly shrinks the backbone's gradients through clipping (reference llada_dsl.md §5.4);
+            a parameter group is the real multiplier. 1.0 = one learning rate.
 
     Batches hold `input_ids`, `attention_mask` and optionally `prompt_mask` (see
     `trainers.data.DSLDataCollator`, the default collator); `remove_unused_columns` is turned off so
@@ -328,7 +333,8 @@ class DSLTrainer(Trainer):
     def __init__(self, model=None, args=None, data_collator=None, *, objective: str = "dsl",
                  snr_sampler: Optional[SNRSampler] = None, eval_snrs: Sequence[float] = EVAL_SNRS,
                  eval_max_batches: Optional[int] = None, snr_bucket_edges: Sequence[float] = SNR_BUCKET_EDGES,
-                 mdlm_eps: float = 1e-3, ema_decay: Optional[float] = None, **kwargs):
+                 mdlm_eps: float = 1e-3, ema_decay: Optional[float] = None, converter_lr_multiplier: float = 1.0,
+                 **kwargs):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         edges = [float(e) for e in snr_bucket_edges]
@@ -340,6 +346,9 @@ class DSLTrainer(Trainer):
             raise ValueError(f"eval_max_batches must be >= 1 or None, got {eval_max_batches}")
         if not 0.0 < mdlm_eps < 1.0:
             raise ValueError(f"mdlm_eps must be in (0, 1), got {mdlm_eps}")
+        if not converter_lr_multiplier > 0:
+            raise ValueError(f"converter_lr_multiplier must be > 0, got {converter_lr_multiplier}")
+        self.converter_lr_multiplier = float(converter_lr_multiplier)
         dsl_model = unwrap_to_dsl(model)
         self.dsl_config = dsl_model.config
         record_objective(dsl_model, objective)
@@ -365,6 +374,27 @@ class DSLTrainer(Trainer):
         self._noise_step, self._noise_micro, self._eval_batch = -1, 0, 0
         self._bucket_sums: Optional[torch.Tensor] = None
         self._bucket_counts: Optional[torch.Tensor] = None
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, with the converter's parameters in groups of their own at
+        `learning_rate × converter_lr_multiplier` when the multiplier is not 1."""
+        if self.converter_lr_multiplier == 1.0 or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups = []
+        for converter in (False, True):
+            for decayed in (True, False):
+                params = [p for n, p in opt_model.named_parameters()
+                          if p.requires_grad and (n in decay) == decayed and ("converter" in n.split(".")) == converter]
+                if params:
+                    group = {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0}
+                    if converter:
+                        group["lr"] = self.args.learning_rate * self.converter_lr_multiplier
+                    groups.append(group)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     # ------------------------------------------------------------------ helpers
     @property
