@@ -4,6 +4,14 @@ Follows the DiffusionGemma pattern of transformers 5.x: an own mixin (its name e
 `GenerationMixin`, so `can_generate()` is True without HF's autoregressive machinery) with its own
 `adjust_generation_fn`, so `generation_config.json` round-trips through remote code.
 
+Two tables drive everything (add a sampler = one row in `STRATEGIES`, new settings = rows in
+`FIELDS`):
+    FIELDS      every generation setting: default, type and range (→ validation), one help text
+                (→ the class docstring and the flags of scripts/generate.py).
+    STRATEGIES  strategy name → the sampler function, the config fields it reads and the keyword
+                each one becomes, its own defaults for fields left at None, and its cross-field
+                checks (→ validation, unused-argument warnings and dispatch in generate()).
+
 Layout used inside `generate()`: row r is `[prompt_r | G generated slots | padding]` (right
 padding, attention mask 0 on the padding), so every row's prompt and generation keep the
 positions they would have alone. The returned `sequences` are left-padded to the longest prompt:
@@ -13,44 +21,388 @@ positions they would have alone. The returned `sequences` are left-padded to the
 import copy
 import logging
 import math
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
 from .noise_dsl import snr_schedule
-from .sampling_dsl import (
-    REMDM_MODES,
-    Denoiser,
-    correct,
-    hybrid,
-    low_confidence,
-    mdlm,
-    remdm,
-    roar,
-    sde,
-)
+from .sampling_dsl import REMDM_MODES, Denoiser, correct, hybrid, low_confidence, mdlm, remdm, roar, sde
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("sde", "mdlm", "remdm", "hybrid", "low_confidence", "roar", "correct")
-INTEGRATORS = ("euler", "heun")
-SCHEDULES = ("geometric", "linear", "sensitive")
-REMASKINGS = ("low_confidence", "random")
-HYBRID_FINISHES = ("low_confidence", "remdm")
-ROAR_ORDERS = ("random", "left_to_right")
-
+# gen_length None and max_new_tokens None: G = 128, the generation length of DSL-LLaDA's
+# inference.py (llada_dsl.md §5.5) and of its XSum runs (§6).
 DEFAULT_GEN_LENGTH = 128
+
+
+# ============================================================================ strategies
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One row of the strategy table.
+
+    sampler: the `sampling_dsl` function generate() calls.
+    kwargs: config field → the sampler keyword it becomes (the field's value, or `defaults[field]`
+        when the value is None).
+    derived: config fields read only by `derive(config, run)`, which returns more keywords.
+    defaults: this strategy's value of a field left at None.
+    ignores: config → fields of `kwargs` these settings ignore (e.g. remdm_mode="conf" has no η).
+    check: (config, steps) → None, raises ValueError; cross-field rules, run by validate() only for
+        the strategy in use (`steps` = the steps this sampler gets).
+    finish: config field naming a second strategy this one runs (hybrid); its fields, checks and
+        keywords (as `finish_kwargs`) join this one's.
+    generates: writes new tokens after a prompt (reads GENERATION_FIELDS); False for `correct`.
+    """
+
+    sampler: Callable
+    kwargs: Dict[str, str] = field(default_factory=dict)
+    derived: Tuple[str, ...] = ()
+    derive: Optional[Callable] = None
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    ignores: Optional[Callable] = None
+    check: Optional[Callable] = None
+    finish: Optional[str] = None
+    generates: bool = True
+
+
+@dataclass
+class RunInfo:
+    """What `derive` may read besides the config: the model's γ_max, G, the EOS ids and the rows
+    (unprompted) whose first generated EOS is a BOS."""
+
+    snr_max: float
+    gen_length: int = 0
+    eos: List[int] = field(default_factory=list)
+    skip_first: Optional[torch.Tensor] = None
+
+
+def _snr_max(config, run: RunInfo) -> float:
+    snr_max = config.snr_max if config.snr_max is not None else float(run.snr_max)
+    if config.snr_min >= snr_max:
+        raise ValueError(f"snr_min={config.snr_min} must be smaller than snr_max={snr_max}")
+    return snr_max
+
+
+def _sde_path(config, run):
+    return dict(snr_path=snr_schedule(config.snr_schedule, config.steps, config.snr_min, _snr_max(config, run)))
+
+
+def _hybrid_phases(config, run):
+    snr_max = _snr_max(config, run)
+    sde_steps, finish_steps = config.hybrid_step_split()
+    switch = config.switch_snr if config.switch_snr is not None else snr_max
+    if switch <= config.snr_min:
+        raise ValueError(f"switch_snr={switch} must be greater than snr_min={config.snr_min}")
+    finish_kwargs = sampler_kwargs(config.hybrid_finish, config, run)
+    del finish_kwargs["steps"]  # hybrid gives the finish its finish_steps
+    return dict(sde_steps=sde_steps, finish_steps=finish_steps, switch_snr=switch, finish_kwargs=finish_kwargs)
+
+
+def _eos_kwargs(config, run):
+    return dict(eos_token_id=run.eos or None, skip_leading_eos=run.skip_first)
+
+
+def _roar_step(config, run):
+    return dict(tokens_per_step=config.roar_tokens_per_step or max(1, math.ceil(run.gen_length / config.steps)))
+
+
+def _remdm_ignores(config):
+    loop = {"t_on", "t_off", "alpha_on"}
+    return {"conf": loop | {"eta"}, "loop": set()}.get(config.remdm_mode, loop)
+
+
+def _positive_temperature(config, steps):
+    if config.temperature == 0:
+        raise ValueError(f"temperature must be > 0 for strategy={config.strategy!r}, got 0")
+
+
+def _check_remdm(config, steps):
+    _positive_temperature(config, steps)
+    if config.remdm_mode == "loop" and config.t_off >= config.t_on:
+        raise ValueError(f"t_off must be smaller than t_on={config.t_on}, got {config.t_off!r}")
+
+
+def _check_blocks(config, steps):
+    gen_length = config.gen_length if config.gen_length is not None else config.max_new_tokens
+    if gen_length is None or config.block_length is None:
+        return
+    if gen_length % config.block_length:
+        raise ValueError(f"block_length={config.block_length} must divide gen_length={gen_length} "
+                         "(gen_length % block_length != 0)")
+    blocks = gen_length // config.block_length
+    if steps % blocks:
+        what = "steps" if config.strategy == "low_confidence" else "the finish's steps (steps - SDE cost)"
+        raise ValueError(f"steps: {what} = {steps} must be a multiple of the number of blocks "
+                         f"gen_length // block_length = {blocks}")
+
+
+def _check_hybrid(config, steps):
+    sde_steps, finish_steps = config.hybrid_step_split()
+    if finish_steps < 1:
+        cost = "" if config.integrator == "euler" else " (Heun: 2 evaluations per SDE step)"
+        raise ValueError(f"switch_steps={sde_steps} leaves no discrete steps{cost}: the SDE phase costs "
+                         f"{config.steps - finish_steps} of steps={config.steps}")
+    finish = STRATEGIES[config.hybrid_finish]
+    if finish.check is not None:
+        finish.check(config, finish_steps)
+
+
+# Read by every strategy: never "unused".
+UNIVERSAL = ("strategy", "steps", "seed", "output_diagnostics", "diagnostics_positions", "visible_snr", "beta",
+             "beta_scale")
+# Read by generate() itself for every strategy that writes new tokens.
+GENERATION_FIELDS = ("gen_length", "max_new_tokens", "truncate_at_eos")
+
+DRAW = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
+SDE = {"integrator": "integrator", "noise_scale": "noise_scale", "posterior_top_k": "posterior_top_k"}
+# Masked diffusion draws at temperature 1 with nucleus 0.9: every row of the DSL paper's tables
+# and the ReMDM protocol (mdlm_remdm.md §4) use top-p 0.9.
+MASKED_DEFAULTS = dict(temperature=1.0, top_p=0.9)
+
+STRATEGIES: Dict[str, Strategy] = {
+    "sde": Strategy(sde, kwargs=SDE, derived=("snr_schedule", "snr_min", "snr_max"), derive=_sde_path),
+    "mdlm": Strategy(mdlm, kwargs={"steps": "steps", **DRAW}, defaults=MASKED_DEFAULTS,
+                     check=_positive_temperature),
+    "remdm": Strategy(remdm, kwargs={"steps": "steps", **DRAW, "remdm_mode": "mode", "eta": "eta", "t_on": "t_on",
+                                     "t_off": "t_off", "alpha_on": "alpha_on"},
+                      defaults=MASKED_DEFAULTS, ignores=_remdm_ignores, check=_check_remdm),
+    "hybrid": Strategy(hybrid, kwargs={**SDE, "snr_min": "snr_min", "snr_schedule": "schedule",
+                                       "hybrid_threshold": "threshold", "hybrid_finish": "finish"},
+                       derived=("snr_max", "switch_snr", "switch_steps"), derive=_hybrid_phases,
+                       check=_check_hybrid, finish="hybrid_finish"),
+    # LLaDA decodes greedily (temperature 0) without nucleus; DSL-LLaDA's remask runs do the same.
+    "low_confidence": Strategy(low_confidence, kwargs={"steps": "steps", **DRAW, "block_length": "block_length",
+                                                       "remasking": "remasking", "cfg_scale": "cfg_scale",
+                                                       "stop_at_eos": "stop_at_eos"},
+                               derive=_eos_kwargs, defaults=dict(temperature=0.0), check=_check_blocks),
+    # The authors' sample_roar draws at temperature 1 without nucleus.
+    "roar": Strategy(roar, kwargs={**DRAW, "roar_order": "order"}, derived=("roar_tokens_per_step",),
+                     derive=_roar_step, defaults=dict(temperature=1.0), check=_positive_temperature),
+    "correct": Strategy(correct, kwargs={"steps": "steps", "correct_snr": "suspect_snr",
+                                         "correct_threshold": "threshold"}, generates=False),
+}
+
+
+def sampler_kwargs(name: str, config, run: RunInfo) -> dict:
+    """The keywords strategy `name` passes its sampler for `config` (per-strategy defaults applied)."""
+    row = STRATEGIES[name]
+    kwargs = {}
+    for key, keyword in row.kwargs.items():
+        value = getattr(config, key)
+        kwargs[keyword] = row.defaults.get(key) if value is None else value
+    if row.derive is not None:
+        kwargs.update(row.derive(config, run))
+    return kwargs
+
+
+def strategy_fields(name: str, config) -> set:
+    """The config fields strategy `name` reads at `config`'s settings (its finish's included)."""
+    row = STRATEGIES[name]
+    fields = set(UNIVERSAL) | set(row.kwargs) | set(row.derived)
+    if row.ignores is not None:
+        fields -= row.ignores(config)
+    if row.generates:
+        fields |= set(GENERATION_FIELDS)
+    if row.finish is not None:
+        fields |= {row.finish} | strategy_fields(getattr(config, row.finish), config)
+    return fields
+
+
+# ============================================================================ fields
+
+
+@dataclass(frozen=True)
+class Field:
+    """One generation setting. `type` is int, float, str or bool; str fields list their `choices`;
+    numbers must lie in [low, high] (an open end with `low_open` / `high_open`); `optional` allows
+    None; `many` also allows a non-empty list of values; `hf` marks fields GenerationConfig owns."""
+
+    default: Any
+    type: type
+    help: str
+    choices: Tuple = ()
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False
+    many: bool = False
+    hf: bool = False
+    group: str = ""
+
+    def allowed(self) -> str:
+        """The allowed values, in words (for error messages)."""
+        if self.choices:
+            text = f"one of {self.choices}"
+        elif self.type is bool:
+            text = "True or False"
+        elif self.type is int:
+            text = f"an integer >= {self.low}"
+        else:
+            text = f"a number in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        if self.many:
+            text += " or a non-empty list of them"
+        return text + (" or None" if self.optional else "")
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return self.optional
+        if self.many and isinstance(value, (list, tuple)):
+            return bool(value) and all(v is not None and self.accepts(v) for v in value)
+        if self.choices:
+            return value in self.choices
+        if self.type is bool or isinstance(value, bool):
+            return self.type is bool and isinstance(value, bool)
+        if self.type is int and not isinstance(value, int):
+            return False
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        below = value < self.low or (self.low_open and value == self.low)
+        above = value > self.high or (self.high_open and value == self.high)
+        return not (below or above)
+
+
+def _fields(**groups: Dict[str, Field]) -> Dict[str, Field]:
+    return {name: replace(f, group=group) for group, fs in groups.items() for name, f in fs.items()}
+
+
+# Each help text names the source of its default (reference facts: ../shared/reference/*.md).
+FIELDS: Dict[str, Field] = _fields(
+    general=dict(
+        strategy=Field("sde", str, "the sampler (table in the README); 'sde' = the paper's own sampler (Eq. 2)",
+                       choices=tuple(STRATEGIES)),
+        steps=Field(64, int, "the step budget T (NFE per strategy: class docstring); 64 = the largest NFE of "
+                    "DSL-LLaDA's summarization sweep", low=1),
+        gen_length=Field(None, int, "tokens to generate G; None: max_new_tokens, then 128 (DSL-LLaDA inference.py)",
+                         low=1, optional=True),
+        max_new_tokens=Field(None, int, "transformers' name for gen_length (used when gen_length is None)",
+                             low=1, optional=True, hf=True),
+        seed=Field(None, int, "row r uses seed + r (or seed[r]); None draws a base seed from torch's global "
+                   "generator", low=0, optional=True, many=True),
+        truncate_at_eos=Field(False, bool, "replace the generated tokens after a row's first EOS by the pad id; "
+                              "off as in both protocols (MDLM/ReMDM score all L ids, DSL-LLaDA decodes all G ids "
+                              "and keeps later text)"),
+        stop_at_eos=Field(False, bool, "end block decoding once every row has an EOS (low_confidence, and hybrid "
+                          "with the low_confidence finish); never-decoded positions get the pad id; off as in "
+                          "DSL-LLaDA's runs"),
+    ),
+    draws=dict(
+        temperature=Field(None, float, "softmax temperature of categorical draws", low=0.0, optional=True, hf=True),
+        top_p=Field(None, float, "nucleus p on p_θ before draws, ReMDM's rule (the token that crosses p is "
+                    "dropped; 1.0 = off); 0.9 in every row of the DSL paper's tables and the ReMDM protocol",
+                    low=0.0, high=1.0, low_open=True, optional=True, hf=True),
+        top_k=Field(None, int, "keep the k most likely tokens before draws (no protocol uses it)", low=1,
+                    optional=True, hf=True),
+    ),
+    model=dict(
+        visible_snr=Field(None, float, "SNR of prompt and revealed tokens (z = snr·E[t]) in every sampler; None: "
+                          "the model config's effective_visible_snr (its preset's value, else snr_max)",
+                          low=0.0, low_open=True, optional=True),
+        beta=Field(None, float, "the converter's β for decoding (weights untouched); None: the learned β",
+                   low=0.0, low_open=True, optional=True),
+        beta_scale=Field(1.0, float, "decode with beta_scale·β_learned; 1 = no change; DSL-LLaDA decodes with "
+                         "β_inf = 2·β_train (beta_scale=2)", low=0.0, low_open=True),
+    ),
+    diagnostics=dict(
+        output_diagnostics=Field(False, bool, "return per-step diagnostics u_t, H_t, k_t, r_t, Δ_t and rewrites "
+                                 "(with return_dict_in_generate=True)"),
+        diagnostics_positions=Field("evaluated", str, "positions u_t, H_t, k_t average over: 'evaluated' (those "
+                                    "evaluated at the step) or 'all' (all L, the paper's Eq. 25 normalisation)",
+                                    choices=("evaluated", "all")),
+    ),
+    sde=dict(
+        integrator=Field("euler", str, "Euler–Maruyama of Eq. 2 (the authors' sample_path) or Heun "
+                         "(DSL-LLaDA's SDE)", choices=("euler", "heun")),
+        snr_schedule=Field("geometric", str, "SNR grid: log-linear (the authors' loglinear grid, DSL-LLaDA's "
+                           "non-sensitive schedule), linear, or DSL-LLaDA's 'sensitive'",
+                           choices=("geometric", "linear", "sensitive")),
+        snr_min=Field(0.01, float, "first grid SNR γ_0 (DSL-LLaDA eval: 0.01 → s_max); the state starts at z = 0",
+                      low=0.0, low_open=True),
+        snr_max=Field(None, float, "last grid SNR; None: the model config's snr_max (training γ_max)",
+                      low=0.0, low_open=True, optional=True),
+        noise_scale=Field(1.0, float, "multiplies the Brownian increment; 1 = the exact SDE of Eq. 2", low=0.0),
+        posterior_top_k=Field(None, int, "x̂ from the k most likely tokens; None: the full posterior mean (the "
+                              "authors' sample_path; DSL-LLaDA uses 512)", low=1, optional=True),
+    ),
+    remdm=dict(
+        remdm_mode=Field("loop", str, "ReMDM schedule; 'loop' is the one the DSL paper's results use; the "
+                         "official ReMDM cap/rescale/conf stay selectable", choices=REMDM_MODES),
+        eta=Field(None, float, "remasking η; None: η_cap(T) of the paper's Eq. 24 for cap and loop (0.010 / "
+                  "0.008 / 0.007 / 0.004 at T = 128 / 256 / 512 / 1024), 0.015 for rescale (ReMDM's OWT "
+                  "script); conf has none", low=0.0, high=1.0, optional=True),
+        t_on=Field(0.55, float, "loop: start of the constant-α phase (ReMDM's loop script)", low=0.0, high=1.0),
+        t_off=Field(0.05, float, "loop: end of the constant-α phase (ReMDM's loop script)", low=0.0, high=1.0),
+        alpha_on=Field(0.9, float, "loop: α during the loop phase (ReMDM's loop script)", low=0.0, high=1.0,
+                       low_open=True, high_open=True),
+    ),
+    hybrid=dict(
+        switch_snr=Field(None, float, "SNR where the SDE hands over; None: snr_max (DSL-LLaDA's hybrid runs its "
+                         "SDE to s_max)", low=0.0, low_open=True, optional=True),
+        switch_steps=Field(None, int, "SDE integration steps S; None: max(1, steps // 4), a quarter of the "
+                           "budget as DSL-LLaDA's split of 64 NFE into 8 Heun steps (16 NFE) + 48",
+                           low=1, optional=True),
+        hybrid_finish=Field("low_confidence", str, "discrete finish (DSL-LLaDA's hybrid: low-confidence "
+                            "unmasking)", choices=("low_confidence", "remdm")),
+        hybrid_threshold=Field(0.9, float, "keep draft tokens with probability > this, mask the rest (DSL-LLaDA "
+                               "τ ∈ {0.5, 0.7, 0.9})", low=0.0, high=1.0),
+    ),
+    low_confidence=dict(
+        block_length=Field(None, int, "block size; None: one block (DSL-LLaDA's original_remask runs)", low=1,
+                           optional=True),
+        remasking=Field("low_confidence", str, "which masked tokens to commit: most confident (LLaDA) or random",
+                        choices=("low_confidence", "random")),
+        cfg_scale=Field(0.0, float, "classifier-free guidance w; 0 as DSL-LLaDA's remask runs", low=0.0),
+    ),
+    roar=dict(
+        roar_tokens_per_step=Field(None, int, "tokens decoded per step k; None: ⌈G / steps⌉ (the authors' "
+                                   "sample_roar: k = 1 at steps = G)", low=1, optional=True),
+        roar_order=Field("random", str, "decoding order (the authors' sample_roar: random)",
+                         choices=("random", "left_to_right")),
+    ),
+    correct=dict(
+        correct_snr=Field(5.0, float, "SNR of a suspect token; 5 ≈ the median training SNR of DSL-LLaDA's "
+                          "LogNormal(1.69, 0.9) (no published setting)", low=0.0, low_open=True),
+        correct_threshold=Field(0.0, float, "replace a token when p(argmax) − p(token) > this (no published "
+                                "setting)", low=0.0, high=1.0),
+    ),
+)
+
+
+def field_help(name: str) -> str:
+    """The help text of field `name` (class docstring and CLI), with its default and the values it
+    takes per strategy when left at None."""
+    f = FIELDS[name]
+    text = f"{f.help} (default {f.default!r})"
+    per_strategy = [f"{s}: {row.defaults[name]!r}" for s, row in STRATEGIES.items() if name in row.defaults]
+    if per_strategy:
+        text += "; None means, per strategy, " + ", ".join(per_strategy) + " (hybrid: its finish's), else None"
+    return text
+
+
+def _fields_doc() -> str:
+    lines = ["", "    Fields (generated from `FIELDS`; group: name (type): help):"]
+    for group in dict.fromkeys(f.group for f in FIELDS.values()):
+        lines.append(f"    {group}:")
+        for name, f in FIELDS.items():
+            if f.group == group:
+                lines.append(f"        {name} (`{f.type.__name__}`): {field_help(name)}")
+    return "\n".join(lines) + "\n"
+
+
+# ============================================================================ config
 
 
 @dataclass
 class DSLGenerateOutput(ModelOutput):
     """Output of `generate(..., return_dict_in_generate=True)`.
 
-    sequences: (B, P_max + G) prompt (left-padded) + generated tokens (after the first EOS:
-        `pad_token_id`); for `strategy="correct"` the corrected input, in the input's layout.
+    sequences: (B, P_max + G) prompt (left-padded) + generated tokens; with `truncate_at_eos`
+        the tokens after a row's first EOS are `pad_token_id`; for `strategy="correct"` the
+        corrected input, in the input's layout.
     attention_mask: (B, P_max + G) 1 on prompt and generated tokens.
     changed: (B, L) bool, positions `correct` changed (None otherwise).
     diagnostics: per-step traces `u_t`, `H_t`, `k_t`, `r_t`, `delta_t` (steps, B) and
@@ -68,192 +420,57 @@ class DSLGenerateOutput(ModelOutput):
 class DSLGenerationConfig(GenerationConfig):
     """Decoding settings for [`DSLGenerationMixin.generate`] (saved as `generation_config.json`).
 
-    General:
-        strategy (`str`, "sde"): one of "sde", "mdlm", "remdm", "hybrid", "low_confidence",
-            "roar", "correct".
-        steps (`int`, 64): the step budget T (see "Step budget and NFE" below).
-        gen_length (`int`, None): tokens to generate G; falls back to `max_new_tokens`, then 128.
-        block_length (`int`, None): block size of low_confidence and of hybrid's low_confidence
-            finish (None = one block); `gen_length % block_length == 0` is checked only there.
-        temperature (`float`, None): None → 1.0, except low_confidence (and hybrid's
-            low_confidence finish) where None → 0 (LLaDA's greedy default).
-        top_p (`float`, None), top_k (`int`, None): applied to p_θ before categorical draws
-            (ReMDM's top-p: the token that crosses p is dropped).
-        seed (`int` or list of `int`, None): row r uses `seed + r` (or `seed[r]`); None draws
-            a base seed from torch's global generator.
-        stop_at_eos (`bool`, False): end decoding early once every row has an EOS. Honoured only
-            by block decoding: "low_confidence" and "hybrid" with hybrid_finish="low_confidence"
-            (checked after each block; with one block there is nothing to skip). Every other
-            strategy ignores it (generate() logs a warning when it is passed for one).
-        output_diagnostics (`bool`, False): return per-step diagnostics (with
-            `return_dict_in_generate=True`).
-        pad_token_id / eos_token_id: taken from this config, else the model config. When no
-            pad id is set, padding (and the tail after the first EOS) uses `eos_token_id` if set,
-            else the mask id.
-    SDE (also the first phase of hybrid):
-        integrator ("euler" | "heun"), snr_schedule ("geometric" | "linear" | "sensitive"),
-        snr_min (`float`, 0.01), snr_max (`float`, None → the model's `snr_max`),
-        noise_scale (`float`, 1.0 = the exact SDE), posterior_top_k (`int`, None). The grid
-        has steps + 1 points γ_0 = snr_min < … < γ_steps = snr_max and the state starts at
-        z = 0 at γ_0 (as the authors' sample_path).
-    ReMDM: remdm_mode ("cap" | "rescale" | "conf" | "loop"), eta (None → η_cap(T) of the DSL
-        paper for cap/loop, 0.015 for rescale; unused by conf), t_on (0.55), t_off (0.05),
-        alpha_on (0.9) (loop only; `t_off < t_on` is checked only when the loop is used).
-    Hybrid: switch_snr (None → snr_max), switch_steps (None → steps // 4: SDE integration
-        steps), hybrid_finish ("low_confidence" | "remdm"), hybrid_threshold (0.9: draft tokens
-        with probability strictly greater are kept, the rest masked). The ReMDM finish starts
-        each row at t_start = its masked fraction, so the schedule matches the draft.
-    low_confidence: remasking ("low_confidence" | "random"), cfg_scale (0.0).
-    roar: roar_tokens_per_step (None → ⌈G / steps⌉), roar_order ("random" | "left_to_right").
-    correct: correct_snr (5.0: SNR of a suspect token), correct_threshold (0.0).
+    Every field, its default and the default's source are listed below (from `FIELDS`). A field a
+    strategy does not use is ignored; when one is passed explicitly to generate() with a
+    non-default value, a warning names it (saved configs may carry fields of other strategies
+    without a warning). Every field's type and range is checked whatever the strategy; cross-field
+    rules (block sizes, the hybrid step split, loop times) only for the strategy in use.
 
     Step budget and NFE (denoiser evaluations, returned as `nfe`), T = steps:
-        sde: Euler T + 1, Heun 2T + 1 (T integration steps + the final decode).
+        sde: Euler T + 1, Heun 2T + 1 (T integration steps + the final decode). The grid has
+            T + 1 points γ_0 = snr_min < … < γ_T = snr_max and the state starts at z = 0 at γ_0
+            (as the authors' sample_path).
         mdlm, remdm: at most T + 1 (one per step at which a position unmasks since the last
             evaluation, + the final greedy decode if masks remain).
-        low_confidence: T (2T with cfg_scale > 0); fewer if stop_at_eos ends early.
+        low_confidence: T (2T with cfg_scale > 0); fewer if stop_at_eos ends early. With
+            block_length, `gen_length % block_length == 0` and T a multiple of the blocks.
         hybrid: S = switch_steps SDE steps cost c·S (c = 1 Euler, 2 Heun), + 1 draft decode,
             and the finish gets F = T − c·S steps: low_confidence finish T + 1 exactly (its F
             steps cost 2F with cfg_scale > 0), remdm finish at most T + 2 (its own final greedy
-            decode when masks remain).
+            decode when masks remain). The ReMDM finish starts each row at t_start = its masked
+            fraction, so the schedule matches the draft.
         roar: ⌈G / k⌉ with k = roar_tokens_per_step (default ⌈G / T⌉, so at most T).
         correct: at most T (stops when a round changes nothing).
 
-    EOS: generated tokens after the first EOS of a row are replaced by the pad id. MDLM-style
-    models start every training row with BOS = EOS (GPT-2's 50256), so in a row without a
-    prompt an EOS at the first generated position is ignored by this rule (and by stop_at_eos
-    and streamers).
-
-    Fields a strategy does not use are ignored; when one is passed explicitly to generate()
-    with a non-default value, a warning names it (saved configs may carry fields of other
-    strategies without a warning).
+    EOS and padding: pad_token_id / eos_token_id come from this config, else the model config;
+    without a pad id, padding uses `eos_token_id` if set, else the mask id. MDLM-style models
+    start every training row with BOS = EOS (GPT-2's 50256), so in a row without a prompt an EOS
+    at the first generated position does not count as the first EOS (for truncate_at_eos,
+    stop_at_eos and streamers).
     """
 
-    _DIFFUSION_DEFAULTS = dict(
-        strategy="sde", steps=64, gen_length=None, block_length=None, seed=None,
-        stop_at_eos=False, output_diagnostics=False,
-        integrator="euler", snr_schedule="geometric", snr_min=0.01, snr_max=None, noise_scale=1.0,
-        posterior_top_k=None,
-        remdm_mode="cap", eta=None, t_on=0.55, t_off=0.05, alpha_on=0.9,
-        switch_snr=None, switch_steps=None, hybrid_finish="low_confidence", hybrid_threshold=0.9,
-        remasking="low_confidence", cfg_scale=0.0,
-        roar_tokens_per_step=None, roar_order="random",
-        correct_snr=5.0, correct_threshold=0.0,
-    )
-
     def __init__(self, **kwargs):
-        for key, default in self._DIFFUSION_DEFAULTS.items():
-            setattr(self, key, kwargs.pop(key, copy.deepcopy(default)))
+        for name, f in FIELDS.items():
+            if not f.hf:
+                setattr(self, name, kwargs.pop(name, copy.deepcopy(f.default)))
         super().__init__(**kwargs)
 
-    # ------------------------------------------------------------------ validation
     def validate(self, strict: bool = False, user_set_attributes=None, **kwargs):
-        """Check the diffusion fields; raise `ValueError` naming the first bad argument.
-
-        HF's autoregressive checks (sampling flags without `do_sample`, beams, ...) do not apply.
-        """
-
-        def bad(name, allowed):
-            raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
-
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        def check_choice(name, choices):
-            if getattr(self, name) not in choices:
-                bad(name, f"one of {choices}")
-
-        def check_int(name, low, optional=False):
+        """Check every field and the strategy's cross-field rules; raise `ValueError` naming the
+        first bad argument. HF's autoregressive checks (sampling flags without `do_sample`,
+        beams, ...) do not apply."""
+        for name, f in FIELDS.items():
             value = getattr(self, name)
-            if optional and value is None:
-                return
-            if not is_int(value) or value < low:
-                bad(name, f"an integer >= {low}" + (" or None" if optional else ""))
-
-        def check_num(name, low=-math.inf, high=math.inf, low_open=False, high_open=False, optional=False):
-            value = getattr(self, name)
-            if optional and value is None:
-                return
-            text = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-            if not is_num(value) or value < low or value > high or (low_open and value == low) or (
-                high_open and value == high
-            ):
-                bad(name, text + (" or None" if optional else ""))
-
-        check_choice("strategy", STRATEGIES)
-        check_int("steps", 1)
-        check_int("gen_length", 1, optional=True)
-        check_int("max_new_tokens", 1, optional=True)
-        check_int("block_length", 1, optional=True)
-        check_num("temperature", 0.0, optional=True)
-        if self.temperature == 0 and self.strategy in ("mdlm", "remdm", "roar"):
-            raise ValueError(f"temperature must be > 0 for strategy={self.strategy!r}, got 0")
-        check_num("top_p", 0.0, 1.0, low_open=True, optional=True)
-        check_int("top_k", 1, optional=True)
-        seed = self.seed
-        if seed is not None:
-            seeds = seed if isinstance(seed, (list, tuple)) else [seed]
-            if not seeds or not all(is_int(s) and s >= 0 for s in seeds):
-                bad("seed", "None, an integer >= 0 or a non-empty list of them")
-        for name in ("stop_at_eos", "output_diagnostics"):
-            if not isinstance(getattr(self, name), bool):
-                bad(name, "True or False")
-        check_choice("integrator", INTEGRATORS)
-        check_choice("snr_schedule", SCHEDULES)
-        check_num("snr_min", 0.0, low_open=True)
-        check_num("snr_max", 0.0, low_open=True, optional=True)
+            if not f.accepts(value):
+                raise ValueError(f"{name} must be {f.allowed()}, got {value!r}")
         if self.snr_max is not None and self.snr_max <= self.snr_min:
-            bad("snr_max", f"greater than snr_min={self.snr_min}")
-        check_num("noise_scale", 0.0)
-        check_int("posterior_top_k", 1, optional=True)
-        check_choice("remdm_mode", REMDM_MODES)
-        check_num("eta", 0.0, 1.0, optional=True)
-        check_num("t_on", 0.0, 1.0)
-        check_num("t_off", 0.0, 1.0)
-        if self.remdm_mode == "loop" and "remdm" in self.discrete_samplers() and self.t_off >= self.t_on:
-            bad("t_off", f"smaller than t_on={self.t_on}")
-        check_num("alpha_on", 0.0, 1.0, low_open=True, high_open=True)
-        check_num("switch_snr", 0.0, low_open=True, optional=True)
-        check_int("switch_steps", 1, optional=True)
-        check_choice("hybrid_finish", HYBRID_FINISHES)
-        block_steps = self.steps
-        if self.strategy == "hybrid":
-            sde_steps, block_steps = self.hybrid_step_split()
-            if block_steps < 1:
-                cost = "" if self.integrator == "euler" else " (Heun: 2 evaluations per SDE step)"
-                raise ValueError(
-                    f"switch_steps={sde_steps} leaves no discrete steps{cost}: the SDE phase costs "
-                    f"{self.steps - block_steps} of steps={self.steps}"
-                )
-        gen_length = self.gen_length if self.gen_length is not None else self.max_new_tokens
-        if "low_confidence" in self.discrete_samplers() and gen_length is not None and self.block_length is not None:
-            if gen_length % self.block_length:
-                raise ValueError(
-                    f"block_length={self.block_length} must divide gen_length={gen_length} (gen_length % block_length != 0)"
-                )
-            blocks = gen_length // self.block_length
-            if block_steps % blocks:
-                what = "steps" if self.strategy == "low_confidence" else "the finish's steps (steps - SDE cost)"
-                raise ValueError(
-                    f"steps: {what} = {block_steps} must be a multiple of the number of blocks "
-                    f"gen_length // block_length = {blocks}"
-                )
-        check_num("hybrid_threshold", 0.0, 1.0)
-        check_choice("remasking", REMASKINGS)
-        check_num("cfg_scale", 0.0)
-        check_int("roar_tokens_per_step", 1, optional=True)
-        check_choice("roar_order", ROAR_ORDERS)
-        check_num("correct_snr", 0.0, low_open=True)
-        check_num("correct_threshold", 0.0, 1.0)
-
-    def discrete_samplers(self):
-        """The discrete samplers `strategy` runs: hybrid runs its finish."""
-        if self.strategy == "hybrid":
-            return (self.hybrid_finish,)
-        return (self.strategy,)
+            raise ValueError(f"snr_max must be greater than snr_min={self.snr_min}, got {self.snr_max!r}")
+        if self.beta is not None and self.beta_scale != 1.0:
+            raise ValueError(f"beta and beta_scale: set one of them, got beta={self.beta!r} and "
+                             f"beta_scale={self.beta_scale!r}")
+        check = STRATEGIES[self.strategy].check
+        if check is not None:
+            check(self, self.steps)
 
     def hybrid_step_split(self):
         """(SDE integration steps S, finish steps F) of hybrid: S = switch_steps (None →
@@ -263,41 +480,16 @@ class DSLGenerationConfig(GenerationConfig):
         cost = 2 if self.integrator == "heun" else 1
         return sde_steps, self.steps - cost * sde_steps
 
-    def used_fields(self):
-        """The tunable fields `strategy` reads (see the class docstring)."""
-        draw = {"temperature", "top_p", "top_k"}
-        sde_fields = {"integrator", "snr_schedule", "snr_min", "snr_max", "noise_scale", "posterior_top_k"}
-        remdm_fields = draw | {"remdm_mode"}
-        if self.remdm_mode != "conf":
-            remdm_fields.add("eta")
-        if self.remdm_mode == "loop":
-            remdm_fields |= {"t_on", "t_off", "alpha_on"}
-        lc_fields = draw | {"block_length", "remasking", "cfg_scale", "stop_at_eos"}
-        general = {"gen_length", "max_new_tokens"}
-        by_strategy = {
-            "sde": general | sde_fields,
-            "mdlm": general | draw,
-            "remdm": general | remdm_fields,
-            "low_confidence": general | lc_fields,
-            "roar": general | draw | {"roar_tokens_per_step", "roar_order"},
-            "correct": {"correct_snr", "correct_threshold"},
-        }
-        if self.strategy == "hybrid":
-            finish = lc_fields if self.hybrid_finish == "low_confidence" else remdm_fields
-            return general | sde_fields | finish | {"switch_snr", "switch_steps", "hybrid_finish", "hybrid_threshold"}
-        return by_strategy.get(self.strategy, set())
-
-    @classmethod
-    def tunable_defaults(cls):
-        """Default of every field that only some strategies use."""
-        defaults = {k: v for k, v in cls._DIFFUSION_DEFAULTS.items()
-                    if k not in ("strategy", "steps", "seed", "output_diagnostics")}
-        defaults.update(temperature=None, top_p=None, top_k=None, max_new_tokens=None)
-        return defaults
+    def used_fields(self) -> set:
+        """The fields `strategy` reads at these settings (see `STRATEGIES`)."""
+        return strategy_fields(self.strategy, self)
 
     @classmethod
     def from_model_config(cls, *args, **kwargs):
         raise NotImplementedError("DSLGenerationConfig is not derived from the model config")
+
+
+DSLGenerationConfig.__doc__ += _fields_doc()
 
 
 class DSLGenerationMixin:
@@ -358,11 +550,11 @@ class DSLGenerationMixin:
             progress_bar: show a tqdm bar over sampling steps.
             kwargs: overrides of any generation-config field (e.g. `strategy="remdm", steps=256`).
         Returns:
-            sequences (B, P_max + G): left-padded prompt then G generated tokens; tokens after the
-            first EOS of each row are replaced by the pad id (pad_token_id, else eos_token_id,
-            else the mask id); in a row without a prompt an EOS at the first generated position
-            (BOS = EOS of MDLM-style models) does not count as the first EOS. Row r of a batch equals generating
-            row r alone with seed `seed + r` (batch-composition invariant).
+            sequences (B, P_max + G): left-padded prompt then G generated tokens, all of them
+            unless `truncate_at_eos` replaces those after a row's first EOS by the pad id
+            (pad_token_id, else eos_token_id, else the mask id); positions never decoded
+            (`stop_at_eos`) hold the pad id. Row r of a batch equals generating row r alone with
+            seed `seed + r` (batch-composition invariant).
         """
         config, leftovers = self._prepare_generation_config(generation_config, **kwargs)
         if leftovers:
@@ -389,9 +581,8 @@ class DSLGenerationMixin:
         was_training = self.training
         self.eval()
         try:
-            if config.strategy == "correct":
-                output = self._generate_correct(input_ids, attention_mask, config, prompts, device, streamer,
-                                                progress_bar)
+            if not STRATEGIES[config.strategy].generates:
+                output = self._generate_correct(input_ids, attention_mask, config, device, streamer, progress_bar)
             else:
                 output = self._generate_new(prompts, config, generators, device, streamer, progress_bar,
                                             eos_list, pad_id)
@@ -408,13 +599,16 @@ class DSLGenerationMixin:
     def _warn_unused_arguments(config, kwargs):
         """Warn about generate() keyword arguments the chosen strategy ignores (non-default only)."""
         used = config.used_fields()
-        for name, default in config.tunable_defaults().items():
-            if name in kwargs and name not in used and kwargs[name] != default:
-                hint = ""
-                if name == "stop_at_eos":
-                    hint = " (only low_confidence and hybrid with hybrid_finish='low_confidence' honour it)"
-                logger.warning("generate(): %s=%r is ignored by strategy=%r%s", name, kwargs[name],
-                               config.strategy, hint)
+        for name, value in kwargs.items():
+            if name in FIELDS and name not in used and value != FIELDS[name].default:
+                readers = [s for s in STRATEGIES if name in strategy_fields(s, config)]
+                logger.warning("generate(): %s=%r is ignored by strategy=%r (read by: %s)", name, value,
+                               config.strategy, ", ".join(readers))
+
+    def _denoiser(self, attention_mask, config) -> Denoiser:
+        """The model as a sampler's denoiser, at the config's visible SNR and inference β."""
+        return Denoiser.from_model(self, attention_mask, visible_snr=config.visible_snr, beta=config.beta,
+                                   beta_scale=config.beta_scale)
 
     def _split_prompts(self, input_ids, attention_mask, config, device) -> List[torch.Tensor]:
         repeats = config.num_return_sequences or 1
@@ -485,19 +679,26 @@ class DSLGenerationMixin:
         tokens = tokens.masked_fill(~attended, 0)
         tokens = tokens.masked_fill(generate_mask, model_config.mask_token_id)
         attn = None if bool(attended.all()) else attended.long()
-        denoiser = Denoiser.from_model(self, attn)
-        callback = self._streamer_callback(streamer, prompts, lengths, gen_len, eos_list) if streamer is not None else None
+        callback = None
+        if streamer is not None:
+            shown_eos = eos_list if config.truncate_at_eos else []
+            callback = self._streamer_callback(streamer, prompts, lengths, gen_len, shown_eos)
         # MDLM-style rows start with BOS = EOS: without a prompt, an EOS at the first generated
         # position is not an end of text.
         skip_first = torch.tensor([n == 0 for n in lengths], dtype=torch.bool, device=device)
-        result = self._run_sampler(denoiser, tokens, generate_mask, config, generators, gen_len, callback,
-                                   progress_bar, eos_list, skip_first)
+        run = RunInfo(model_config.snr_max, gen_len, eos_list, skip_first)
+        result = STRATEGIES[config.strategy].sampler(
+            self._denoiser(attn, config), tokens, generate_mask, **sampler_kwargs(config.strategy, config, run),
+            generator=generators, diagnostics=config.output_diagnostics,
+            diagnostics_positions=config.diagnostics_positions, callback=callback, progress=progress_bar)
 
         # Re-layout: left-pad prompts to `longest`, then the G generated tokens.
         sequences = torch.full((batch, total), pad_id, dtype=torch.long, device=device)
         out_mask = torch.zeros(batch, total, dtype=torch.long, device=device)
         generated = torch.stack([result.tokens[r, lengths[r] : lengths[r] + gen_len] for r in range(batch)])
-        generated = self._cut_after_eos(generated, eos_list, pad_id, skip_first)
+        generated = generated.masked_fill(generated == model_config.mask_token_id, pad_id)  # never decoded
+        if config.truncate_at_eos:
+            generated = self._cut_after_eos(generated, eos_list, pad_id, skip_first)
         for r in range(batch):
             sequences[r, longest - lengths[r] : longest] = prompts[r]
             out_mask[r, longest - lengths[r] :] = 1
@@ -515,60 +716,7 @@ class DSLGenerationMixin:
         return DSLGenerateOutput(sequences=sequences, attention_mask=out_mask, diagnostics=diagnostics,
                                  nfe=result.nfe)
 
-    def _run_sampler(self, denoiser, tokens, generate_mask, config, generators, gen_len, callback, progress,
-                     eos_list, skip_first=None):
-        strategy = config.strategy
-        common = dict(generator=generators, diagnostics=config.output_diagnostics, callback=callback,
-                      progress=progress)
-        temperature = 1.0 if config.temperature is None else config.temperature
-        snr_max = config.snr_max if config.snr_max is not None else float(self.config.snr_max)
-        if strategy in ("sde", "hybrid") and config.snr_min >= snr_max:
-            raise ValueError(f"snr_min={config.snr_min} must be smaller than snr_max={snr_max}")
-        remdm_kwargs = dict(mode=config.remdm_mode, eta=config.eta, t_on=config.t_on, t_off=config.t_off,
-                            alpha_on=config.alpha_on, temperature=temperature, top_p=config.top_p,
-                            top_k=config.top_k)
-        if strategy == "sde":
-            path = snr_schedule(config.snr_schedule, config.steps, config.snr_min, snr_max)
-            return sde(denoiser, tokens, generate_mask, path, integrator=config.integrator,
-                       noise_scale=config.noise_scale, posterior_top_k=config.posterior_top_k, **common)
-        if strategy == "mdlm":
-            return mdlm(denoiser, tokens, generate_mask, steps=config.steps, temperature=temperature,
-                        top_p=config.top_p, top_k=config.top_k, **common)
-        if strategy == "remdm":
-            return remdm(denoiser, tokens, generate_mask, steps=config.steps, **remdm_kwargs, **common)
-        if strategy == "low_confidence":
-            lc_temperature = 0.0 if config.temperature is None else config.temperature
-            return low_confidence(denoiser, tokens, generate_mask, steps=config.steps,
-                                  block_length=config.block_length, temperature=lc_temperature,
-                                  remasking=config.remasking, cfg_scale=config.cfg_scale, top_p=config.top_p,
-                                  top_k=config.top_k, eos_token_id=eos_list or None,
-                                  stop_at_eos=config.stop_at_eos, skip_leading_eos=skip_first, **common)
-        if strategy == "roar":
-            per_step = config.roar_tokens_per_step or max(1, math.ceil(gen_len / config.steps))
-            return roar(denoiser, tokens, generate_mask, tokens_per_step=per_step, order=config.roar_order,
-                        temperature=temperature, top_p=config.top_p, top_k=config.top_k, **common)
-        if strategy == "hybrid":
-            sde_steps, finish_steps = config.hybrid_step_split()
-            switch = config.switch_snr if config.switch_snr is not None else snr_max
-            if switch <= config.snr_min:
-                raise ValueError(f"switch_snr={switch} must be greater than snr_min={config.snr_min}")
-            if config.hybrid_finish == "low_confidence":
-                finish_kwargs = dict(temperature=0.0 if config.temperature is None else config.temperature,
-                                     remasking=config.remasking, top_p=config.top_p, top_k=config.top_k,
-                                     cfg_scale=config.cfg_scale, block_length=config.block_length,
-                                     eos_token_id=eos_list or None, stop_at_eos=config.stop_at_eos,
-                                     skip_leading_eos=skip_first)
-            else:
-                finish_kwargs = remdm_kwargs
-            return hybrid(denoiser, tokens, generate_mask, sde_steps=sde_steps,
-                          finish_steps=finish_steps, switch_snr=switch,
-                          snr_min=config.snr_min, schedule=config.snr_schedule,
-                          integrator=config.integrator, noise_scale=config.noise_scale,
-                          posterior_top_k=config.posterior_top_k, threshold=config.hybrid_threshold,
-                          finish=config.hybrid_finish, finish_kwargs=finish_kwargs, **common)
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-
-    def _generate_correct(self, input_ids, attention_mask, config, prompts, device, streamer, progress_bar):
+    def _generate_correct(self, input_ids, attention_mask, config, device, streamer, progress_bar):
         if input_ids is None:
             raise ValueError("input_ids: strategy='correct' needs the text to correct")
         if input_ids.dim() == 1:
@@ -586,12 +734,13 @@ class DSLGenerationMixin:
         attended = attention_mask.bool()
         tokens = input_ids.masked_fill(~attended, 0)
         attn = None if bool(attended.all()) else attention_mask.long()
-        denoiser = Denoiser.from_model(self, attn)
         if streamer is not None:
             streamer.put(tokens[0][attended[0]].cpu())
-        result = correct(denoiser, tokens, attended, suspect_snr=config.correct_snr, steps=config.steps,
-                         threshold=config.correct_threshold, diagnostics=config.output_diagnostics,
-                         progress=progress_bar)
+        run = RunInfo(self.config.snr_max)
+        result = STRATEGIES[config.strategy].sampler(
+            self._denoiser(attn, config), tokens, attended, **sampler_kwargs(config.strategy, config, run),
+            diagnostics=config.output_diagnostics, diagnostics_positions=config.diagnostics_positions,
+            progress=progress_bar)
         sequences = torch.where(attended, result.tokens, input_ids)
         return DSLGenerateOutput(sequences=sequences, attention_mask=attention_mask.long(), changed=result.changed,
                                  diagnostics=result.diagnostics if config.output_diagnostics else None,

@@ -1,23 +1,50 @@
-"""Shared pytest settings: the `slow` marker and the location of the shared data folder."""
+"""Shared pytest settings and fixtures: the `slow` marker, WikiText text and a small tokenizer,
+a sandbox without the package, and the one factory of tiny models."""
 
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# Shipped with the package (trainers/demo_data/README.md): the first 40 articles of WikiText-103's
+# training split, detokenised with `trainers.data.detokenize_wikitext`, one blank line between articles.
+WIKITEXT_EXCERPT = REPO / "trainers" / "demo_data" / "wikitext103_excerpt.txt"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores (CI still runs it)")
 
 
+# ----------------------------------------------------------------------------- WikiText and a tokenizer
+
+
+def paragraphs(text):
+    """The lines of `text` longer than 50 characters (WikiText's paragraphs, no headings)."""
+    return [p for p in text.split("\n") if len(p) > 50]
+
+
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """`../shared` beside the checkout (CI has it); tests needing it skip with a reason elsewhere."""
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data folder not found at {SHARED}")
-    return SHARED
+def wikitext():
+    """(train text, held-out text) from the shipped WikiText-103 excerpt: every article but the last
+    two, and the first 60 000 characters of those two (never trained on)."""
+    text = WIKITEXT_EXCERPT.read_text(encoding="utf-8")
+    articles = [a for a in text.split("\n\n") if a.strip()]
+    return "\n\n".join(articles[:-2]), "\n\n".join(articles[-2:])[:60_000]
+
+
+@pytest.fixture(scope="session")
+def tok_dir(wikitext, tmp_path_factory):
+    """A folder holding a 384-token byte-level BPE trained on the excerpt's training paragraphs
+    (`trainers.train_bpe_tokenizer`, as scripts/demo.py builds its tokenizer); `<|endoftext|>` is
+    its BOS, EOS and padding token, as in GPT-2."""
+    from trainers import train_bpe_tokenizer
+
+    path = tmp_path_factory.mktemp("tok")
+    train_bpe_tokenizer(paragraphs(wikitext[0]), vocab_size=384).save_pretrained(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- processes and threads
 
 
 BLOCK_PACKAGE = '''

@@ -160,7 +160,7 @@ def test_from_mdlm_preset_and_full_forward(tmp_path):
     assert out.logits.shape == (2, 16, 40) and torch.isfinite(out.loss)
 
 
-def test_convert_checkpoint_script_writes_a_loadable_dsl_checkpoint(tmp_path, shared_dir):
+def test_convert_checkpoint_script_writes_a_loadable_dsl_checkpoint(tmp_path, tok_dir):
     import subprocess
     import sys
     from pathlib import Path
@@ -171,7 +171,7 @@ def test_convert_checkpoint_script_writes_a_loadable_dsl_checkpoint(tmp_path, sh
     out = tmp_path / "dsl"
     script = Path(__file__).resolve().parents[1] / "scripts" / "convert_checkpoint.py"
     proc = subprocess.run([sys.executable, str(script), "--mdlm", str(mdlm), "--output", str(out),
-                           "--tokenizer", str(shared_dir / "tokenizers" / "gpt2"), "--noise-dim", "16"],
+                           "--tokenizer", str(tok_dir), "--noise-dim", "16"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "V=40, mask id 40" in proc.stdout

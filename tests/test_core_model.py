@@ -8,31 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_dsl import DSLConfig, DSLForDiffusionLM
+from conftest import TINY, tiny_model
+from modeling_dsl import DSLForDiffusionLM
 
-V = 50
-
-
-def tiny_config(**kw):
-    base = dict(vocab_size=V, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, cond_dim=16,
-                max_position_embeddings=64, noise_dim=8, mask_token_id=V, dropout=0.0)
-    base.update(kw)
-    return DSLConfig(**base)
-
-
-def tiny_model(seed=0, **kw):
-    """A tiny model with every weight random (MDLM's init starts adaLN and the head at zero)."""
-    torch.manual_seed(seed)
-    model = DSLForDiffusionLM(tiny_config(**kw))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name not in ("converter.beta", "converter.logit_bias"):
-                p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name else 0.0))
-    return model
+V = TINY["vocab_size"]
+WEIGHT_STD = 0.2  # every weight random (MDLM's init starts adaLN and the head at zero)
 
 
 def test_default_snr_convention_mask_is_zero_visible_is_snr_max():
-    model = tiny_model().eval()
+    model = tiny_model(weight_std=WEIGHT_STD)
     ids = torch.tensor([[1, V, 3, 4]])
     attn = torch.tensor([[1, 1, 1, 0]])
     z, snr = model.noisy_embeds_from_ids(ids, attention_mask=attn, generator=torch.Generator().manual_seed(0))
@@ -57,7 +41,7 @@ def test_default_snr_convention_mask_is_zero_visible_is_snr_max():
 
 
 def test_loss_is_token_mean_ce_over_scored_non_pad_positions():
-    model = tiny_model().eval()
+    model = tiny_model(weight_std=WEIGHT_STD)
     ids = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(1))
     labels = ids.clone()
     labels[0, 2] = -100
@@ -74,7 +58,7 @@ def test_loss_is_token_mean_ce_over_scored_non_pad_positions():
 
 
 def test_padding_keys_are_not_attended():
-    model = tiny_model().eval()
+    model = tiny_model(weight_std=WEIGHT_STD)
     ids = torch.randint(0, V, (1, 8), generator=torch.Generator().manual_seed(3))
     attn = torch.tensor([[1] * 5 + [0] * 3])
     z, _ = model.noisy_embeds_from_ids(ids, noise=False)
@@ -88,7 +72,7 @@ def test_padding_keys_are_not_attended():
 
 
 def test_bad_inputs_raise_value_errors_naming_the_argument():
-    model = tiny_model()
+    model = tiny_model(weight_std=WEIGHT_STD)
     ids = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="input_ids and noisy_embeds"):
         model()
@@ -107,7 +91,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
 
 
 def test_denoise_is_posterior_mean_embedding_and_top_k_renormalises():
-    model = tiny_model().eval()
+    model = tiny_model(weight_std=WEIGHT_STD)
     z = torch.randn(2, 5, 8) * 3
     logits = model(noisy_embeds=z).logits
     E = model.noise_embeddings()
@@ -122,7 +106,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     ids = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(4))
     results = []
     for checkpointing in (False, True):
-        model = tiny_model(seed=7, dropout=0.1).train()
+        model = tiny_model(seed=7, weight_std=WEIGHT_STD, dropout=0.1).train()
         if checkpointing:
             model.gradient_checkpointing_enable()
             assert all(block.gradient_checkpointing for block in model.backbone.blocks)
@@ -139,7 +123,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_bf16_forward_has_no_nan():
-    model = tiny_model().to(torch.bfloat16).eval()
+    model = tiny_model(weight_std=WEIGHT_STD).to(torch.bfloat16)
     ids = torch.randint(0, V, (2, 16))
     ids[:, ::3] = V
     out = model(input_ids=ids, labels=ids.masked_fill(ids == V, -100), generator=torch.Generator().manual_seed(0))
@@ -174,7 +158,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_saved_model_loads_as_remote_code_without_the_package(tmp_path, run_without_package):
-    model = tiny_model().eval()
+    model = tiny_model(weight_std=WEIGHT_STD)
     folder = tmp_path / "ckpt"
     model.save_pretrained(folder)
     files = set(os.listdir(folder))

@@ -10,28 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY, tiny_model
 from modeling_dsl import DSLConfig, DSLForDiffusionLM, DSLGenerationConfig
 
 REPO = Path(__file__).resolve().parents[1]
-V = 50
-
-
-def tiny_model(seed=0, vocab=V, **kw):
-    """A tiny model with every weight random (MDLM's init starts adaLN and the head at zero)."""
-    torch.manual_seed(seed)
-    base = dict(vocab_size=vocab, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, cond_dim=16,
-                max_position_embeddings=64, noise_dim=8, mask_token_id=vocab, dropout=0.0)
-    base.update(kw)
-    model = DSLForDiffusionLM(DSLConfig(**base))
-    with torch.no_grad():
-        for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.15)  # p_θ far from one-hot: draws vary
-    return model.eval()
+V = TINY["vocab_size"]
+WEIGHT_STD = 0.15  # p_θ far from one-hot: draws vary
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model()
+    return tiny_model(weight_std=WEIGHT_STD)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -114,7 +103,7 @@ def test_tokens_after_the_first_eos_are_replaced_by_pad(model):
     kw = dict(strategy="roar", steps=12, gen_length=12, seed=3, num_return_sequences=4)
     plain = model.generate(**kw)
     eos = int(plain[0, 4])
-    out = model.generate(eos_token_id=eos, pad_token_id=V - 1, **kw)
+    out = model.generate(eos_token_id=eos, pad_token_id=V - 1, truncate_at_eos=True, **kw)
     for row_plain, row in zip(plain, out):
         hits = (row_plain == eos).nonzero()
         if hits.numel() == 0:
@@ -136,7 +125,7 @@ def test_stop_at_eos_ends_block_decoding_early(model, strategy):
     first_eos = 1 + int((full.sequences[0, 1:] == eos).nonzero()[0])
     pad = 0 if eos != 0 else 1
     stopped = model.generate(prompt, return_dict_in_generate=True, eos_token_id=eos, pad_token_id=pad,
-                             stop_at_eos=True, **kw)
+                             stop_at_eos=True, truncate_at_eos=True, **kw)
     block_nfe = 2 if strategy == "low_confidence" else 1
     assert stopped.nfe == full.nfe - 3 * block_nfe  # stopped after the first block
     assert torch.equal(stopped.sequences[0, : first_eos + 1], full.sequences[0, : first_eos + 1])
@@ -148,6 +137,7 @@ def test_unprompted_rows_ignore_an_eos_at_the_first_generated_position(model):
     not an end of text. A prompted row's first generated EOS is."""
     kw = dict(strategy="roar", steps=10, gen_length=10, roar_order="left_to_right", top_k=1, seed=0)
     plain = model.generate(**kw)[0]
+    kw["truncate_at_eos"] = True  # not the default any more
     eos = int(plain[0])
     later = [i for i in range(1, 10) if int(plain[i]) == eos]
     out = model.generate(eos_token_id=eos, pad_token_id=V - 1, **kw)[0]
@@ -206,7 +196,7 @@ def test_warns_about_explicit_arguments_the_strategy_ignores(model, caplog):
     with caplog.at_level("WARNING"):
         # Used fields, default values, and fields carried by a saved config: no warning.
         model.generate(strategy="low_confidence", block_length=2, stop_at_eos=True, cfg_scale=0.5, **kw)
-        model.generate(strategy="sde", cfg_scale=0.0, remdm_mode="cap", **kw)
+        model.generate(strategy="sde", cfg_scale=0.0, remdm_mode="loop", **kw)
         saved = DSLGenerationConfig(strategy="low_confidence", block_length=2, temperature=0.7, cfg_scale=1.0)
         model.generate(generation_config=saved, strategy="sde", **kw)
         model.generate(strategy="remdm", remdm_mode="loop", t_on=0.6, **kw)
@@ -309,7 +299,7 @@ def test_streamer_gets_prompt_final_tokens_in_order_drafts_and_end(model):
     kw = dict(strategy="remdm", steps=5, gen_length=6, seed=0)
     eos = int(model.generate(prompt, **kw)[0, 4])
     streamer = RecordingStreamer(drafts=False)
-    out = model.generate(prompt, streamer=streamer, eos_token_id=eos, **kw)
+    out = model.generate(prompt, streamer=streamer, eos_token_id=eos, truncate_at_eos=True, **kw)
     streamed = sum(streamer.puts[1:], [])
     assert streamed[-1] == eos and eos not in streamed[:-1]
     assert streamed == out[0, 3: 3 + len(streamed)].tolist()
@@ -437,7 +427,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_generation_config_round_trips_through_remote_code(tmp_path, run_without_package):
-    model = tiny_model(seed=1)
+    model = tiny_model(seed=1, weight_std=WEIGHT_STD)
     model.generation_config = DSLGenerationConfig(strategy="remdm", remdm_mode="loop", eta=0.05, steps=9,
                                                   gen_length=6, seed=11, top_p=0.9)
     folder = tmp_path / "ckpt"
@@ -466,18 +456,16 @@ def test_cli_help():
                           text=True, timeout=120)
     assert proc.returncode == 0
     for flag in ("--strategy", "--steps", "--prompt", "--prompts-file", "--num-samples", "--plot-diagnostics",
-                 "--cfg-scale", "--switch-steps", "--stop-at-eos", "--keep-after-eos"):
+                 "--cfg-scale", "--switch-steps", "--stop-at-eos", "--truncate-at-eos"):
         assert flag in proc.stdout
 
 
-def test_cli_generates_text_and_plots_diagnostics(tmp_path, shared_dir):
-    tokenizer_dir = shared_dir / "tokenizers" / "gpt2"
-    if not tokenizer_dir.is_dir():
-        pytest.skip("GPT-2 tokenizer not in ../shared")
+def test_cli_generates_text_and_plots_diagnostics(tmp_path, tok_dir):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = tiny_model(vocab=len(tokenizer), max_position_embeddings=32)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    tokenizer.pad_token = None  # like GPT-2's: the CLI pads with the EOS token
+    model = tiny_model(weight_std=WEIGHT_STD, vocab_size=len(tokenizer), max_position_embeddings=32)
     folder = tmp_path / "ckpt"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

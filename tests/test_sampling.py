@@ -14,6 +14,7 @@ from scipy.stats import chisquare
 
 from modeling_dsl import sampling_dsl as S
 from modeling_dsl.noise_dsl import snr_schedule, token_posterior
+from oracles import ExactSequenceDenoiser, cyclic_support
 
 NUM_SAMPLES = 600
 ALPHA = 0.01
@@ -30,8 +31,8 @@ def embeddings(num_tokens: int, kind: str, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(num_tokens, 6, generator=gen), dim=-1)
 
 
-def oracle(num_tokens: int, kind: str = "random") -> S.ExactSequenceDenoiser:
-    return S.ExactSequenceDenoiser(S.cyclic_support(num_tokens), embeddings(num_tokens, kind), visible_snr=1000.0)
+def oracle(num_tokens: int, kind: str = "random") -> ExactSequenceDenoiser:
+    return ExactSequenceDenoiser(cyclic_support(num_tokens), embeddings(num_tokens, kind), visible_snr=1000.0)
 
 
 def blank(batch: int, length: int):
@@ -105,7 +106,7 @@ def test_oracle_cyclic_toy_with_a_non_uniform_prior(name):
     bias into uniform shifts); a non-uniform prior over the shifts makes the chi-square test see
     biased categorical draws. LLaDA's confidence-ordered commits are biased towards likely
     tokens by design: the test must detect that."""
-    den = S.ExactSequenceDenoiser(S.cyclic_support(5), embeddings(5, "random"), visible_snr=1000.0, prior=PRIOR)
+    den = ExactSequenceDenoiser(cyclic_support(5), embeddings(5, "random"), visible_snr=1000.0, prior=PRIOR)
     tokens, gen_mask = blank(NUM_SAMPLES, 5)
     out = ORACLE_CASES[name](den, tokens, gen_mask, torch.Generator().manual_seed(1))
     valid, _, counts = cyclic_score(out.tokens, 5)
@@ -135,7 +136,7 @@ def test_oracle_cyclic_toy_remdm_conf(num_tokens):
 @pytest.mark.parametrize("kind", ["circle", "random"])
 def test_oracle_sde_on_the_unit_circle_and_random_vectors(kind):
     tokens, gen_mask = blank(NUM_SAMPLES, 7)
-    den = S.ExactSequenceDenoiser(S.cyclic_support(7), embeddings(7, kind), visible_snr=1000.0)
+    den = ExactSequenceDenoiser(cyclic_support(7), embeddings(7, kind), visible_snr=1000.0)
     out = S.sde(den, tokens, gen_mask, snr_schedule("sensitive", 100, 0.01, 100.0), generator=torch.Generator().manual_seed(4))
     valid, p_value, _ = cyclic_score(out.tokens, 7)
     assert valid >= 0.99 and p_value > ALPHA
@@ -244,6 +245,16 @@ def test_per_token_snr_paths_move_each_position_by_its_own_increments():
     assert out.extra["snr"][0].tolist() == [2.0, 5.0, 0.0]
 
 
+def test_posterior_mean_top_k_is_the_renormalised_top_k_average():
+    emb = embeddings(6, "random")
+    logits = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    full = torch.softmax(logits, -1)
+    kept = torch.zeros_like(full).scatter_(-1, logits.topk(3, -1).indices, full.topk(3, -1).values)
+    torch.testing.assert_close(S.posterior_mean(logits, emb, 3), (kept / kept.sum(-1, keepdim=True)) @ emb)
+    torch.testing.assert_close(S.posterior_mean(logits, emb), full @ emb)
+    torch.testing.assert_close(S.posterior_mean(logits, emb, 6), full @ emb)
+
+
 # ----------------------------------------------------------------------------- ReMDM formulas
 
 
@@ -304,10 +315,10 @@ def test_remdm_loop_phases_switch_at_t_on_and_t_off():
         assert got_unmask == pytest.approx(S.remdm_unmask_prob(a_s, a_t, want_sigma)), t
 
 
-def test_eta_cap_defaults_follow_the_paper_table():
-    assert [S.eta_cap_default(t) for t in (128, 256, 512, 1024)] == [0.010, 0.008, 0.007, 0.002]
-    assert S.eta_cap_default(64) == 0.010 and S.eta_cap_default(4096) == 0.002
-    assert 0.007 > S.eta_cap_default(700) > 0.002
+def test_eta_cap_interpolates_between_and_clamps_outside_the_eq24_table():
+    # The table points themselves: test_sampling_protocol.py::test_eta_cap_is_eq24.
+    assert S.eta_cap_default(64) == 0.010 and S.eta_cap_default(4096) == 0.004
+    assert 0.007 > S.eta_cap_default(700) > 0.004
 
 
 def _one_step_rates(mode, eta, t, s, **kw):
@@ -384,6 +395,81 @@ def test_row_rng_is_batch_composition_invariant():
     torch.testing.assert_close(rows[1], S.RowRNG(gens([12]), 1, "cpu").rows("uniform", (3, 2))[0])
 
 
+class DrawRecorder:
+    """Wraps RowRNG._draw to record (kind, shape, dtype) of every random draw."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = S.RowRNG._draw
+
+        def draw(rng, kind, shape, gen, dtype):
+            out = original(rng, kind, shape, gen, dtype)
+            self.calls.append((kind, tuple(out.shape), out.dtype))
+            return out
+
+        monkeypatch.setattr(S.RowRNG, "_draw", draw)
+
+    def uniforms(self):
+        return [c for c in self.calls if c[0] == "uniform"]
+
+
+CATEGORICAL_CALLS = {
+    "mdlm": lambda d, t, m, g: S.mdlm(d, t, m, steps=4, generator=g),
+    "remdm_conf": lambda d, t, m, g: S.remdm(d, t, m, steps=4, mode="conf", generator=g),
+    "roar": lambda d, t, m, g: S.roar(d, t, m, tokens_per_step=2, generator=g),
+    "low_confidence_random": lambda d, t, m, g: S.low_confidence(d, t, m, steps=2, temperature=1.0,
+                                                                 remasking="random", generator=g),
+    "hybrid_remdm": lambda d, t, m, g: S.hybrid(d, t, m, sde_steps=2, finish_steps=3, switch_snr=2.0, finish="remdm",
+                                                generator=g),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CATEGORICAL_CALLS))
+def test_every_uniform_draw_is_float64(monkeypatch, name):
+    recorder = DrawRecorder(monkeypatch)
+    tokens, gen_mask = blank(2, 5)
+    CATEGORICAL_CALLS[name](oracle(5), tokens, gen_mask, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert recorder.uniforms() and all(dtype == torch.float64 for _, _, dtype in recorder.uniforms())
+    assert all(dtype == torch.float32 for kind, _, dtype in recorder.calls if kind == "normal")
+
+
+# ----------------------------------------------------------------------------- mask id inside the vocabulary
+
+
+def _mask_loving_denoiser(mask_id=2, vocab=5):
+    """A denoiser whose mask id is a real id (LLaDA-style) and whose logits favour it heavily."""
+    emb = embeddings(vocab, "random")
+    logits = torch.tensor([0.0, 1.0, 8.0, 0.5, -1.0])
+
+    def features(z):
+        return logits.expand(z.shape[0], z.shape[1], vocab)
+
+    return S.Denoiser(features, None, emb, visible_snr=30.0, mask_token_id=mask_id), logits, emb
+
+
+def test_in_vocabulary_mask_id_is_never_drawn_nor_in_the_posterior_mean():
+    den, logits, emb = _mask_loving_denoiser()
+    assert den.logits(torch.zeros(1, 5))[0, 2] == -math.inf
+    tokens, gen_mask = blank(40, 6)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    outs = {
+        "mdlm": S.mdlm(den, tokens, gen_mask, steps=3, generator=gen()),
+        "remdm": S.remdm(den, tokens, gen_mask, steps=3, mode="rescale", eta=0.5, generator=gen()),
+        "low_confidence_greedy": S.low_confidence(den, tokens, gen_mask, steps=3),
+        "low_confidence": S.low_confidence(den, tokens, gen_mask, steps=3, temperature=2.0, generator=gen()),
+        "roar": S.roar(den, tokens, gen_mask, tokens_per_step=2, generator=gen()),
+        "sde": S.sde(den, tokens, gen_mask, torch.tensor([0.0, 1.0, 2.0]), generator=gen()),
+        "hybrid": S.hybrid(den, tokens, gen_mask, sde_steps=2, finish_steps=2, switch_snr=2.0, generator=gen()),
+        "correct": S.correct(den, torch.full_like(tokens, 2), gen_mask),
+    }
+    for name, out in outs.items():
+        assert not (out.tokens == 2).any(), name
+    keep = torch.tensor([0, 1, 3, 4])
+    x_hat = torch.softmax(logits[keep], -1) @ emb[keep]
+    out = S.sde(den, tokens[:1, :1], gen_mask[:1, :1], torch.tensor([0.0, 1.0]), noise_scale=0.0)
+    torch.testing.assert_close(out.extra["z"][0, 0], x_hat)
+
+
 # ----------------------------------------------------------------------------- low_confidence
 
 
@@ -457,6 +543,28 @@ def test_low_confidence_cfg_combines_conditional_and_unconditional_logits():
     assert out.tokens[0, 1] == 2 and out.nfe == 2
 
 
+def test_low_confidence_draws_gumbel_noise_only_for_masked_positions(monkeypatch):
+    vocab, gen_len, block = 6, 8, 4
+    den = _confidence_denoiser(vocab, gen_len)
+    tokens, gen_mask = blank(3, gen_len)
+    masked = torch.ones_like(gen_mask)
+    masked[1, [0, 5]] = False  # row 1: a partly committed draft (as hybrid's finish gets)
+    tokens[1, [0, 5]] = 2
+    recorder = DrawRecorder(monkeypatch)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1, 2)]
+    out = S.low_confidence(den, tokens, gen_mask, steps=4, block_length=block, temperature=1.0, masked=masked,
+                           generator=gens)
+    # Blocks of 4 with 2 steps each: masked counts 4, 2 | 4, 2 per full row; row 1: 3, 1 | 3, 1.
+    drawn = sum(math.prod(shape) for _, shape, _ in recorder.uniforms())
+    assert drawn == (12 + 12 + 8) * vocab
+    assert all(dtype == torch.float64 for _, _, dtype in recorder.calls)
+    # Batch invariance: row 1 alone, with its own generator, gives the same tokens.
+    alone = S.low_confidence(den, tokens[1:2], gen_mask[1:2], steps=4, block_length=block, temperature=1.0,
+                             masked=masked[1:2], generator=[torch.Generator().manual_seed(1)])
+    assert torch.equal(alone.tokens[0], out.tokens[1])
+    assert out.tokens[1, [0, 5]].tolist() == [2, 2]
+
+
 def test_low_confidence_rejects_bad_block_settings():
     den = _confidence_denoiser()
     tokens, gen_mask = blank(1, 8)
@@ -500,6 +608,63 @@ def test_correct_fixes_a_corrupted_token_and_reports_the_position():
     assert torch.equal(out.changed, expected_changed)
     untouched = S.correct(den, clean, suspect, suspect_snr=5.0)
     assert torch.equal(untouched.tokens, clean) and not untouched.changed.any()
+
+
+# ----------------------------------------------------------------------------- hybrid
+
+
+def _flat_columns_denoiser(vocab=4, flat=(2, 3)):
+    """Peaked (p ≈ 1) predictions at every column except `flat` (uniform there)."""
+    emb = embeddings(vocab, "random")
+
+    def logits(z):
+        out = torch.zeros(z.shape[0], z.shape[1], vocab)
+        for j in range(z.shape[1]):
+            if j not in flat:
+                out[:, j, j % vocab] = 100.0
+        return out
+
+    return S.as_denoiser(logits, emb, visible_snr=30.0)
+
+
+def test_hybrid_keeps_draft_tokens_strictly_above_the_threshold():
+    den = _flat_columns_denoiser()
+    tokens, gen_mask = blank(2, 4)
+    kw = dict(sde_steps=2, finish_steps=4, switch_snr=2.0, generator=torch.Generator().manual_seed(0))
+    # p = 1 exactly at the peaked columns: kept for τ < 1, masked at τ = 1 (conf > τ, strict).
+    assert S.hybrid(den, tokens, gen_mask, threshold=0.99, **kw).extra["draft_masked"][0].tolist() == [
+        False, False, True, True]
+    assert S.hybrid(den, tokens, gen_mask, threshold=1.0, **kw).extra["draft_masked"].all()
+    # p = 1/4 at the flat columns: masked at τ = 1/4 (not strictly above).
+    assert S.hybrid(den, tokens, gen_mask, threshold=0.25, **kw).extra["draft_masked"][0].tolist() == [
+        False, False, True, True]
+
+
+def test_hybrid_remdm_finish_starts_at_each_rows_masked_fraction():
+    den = _flat_columns_denoiser()
+    tokens, gen_mask = blank(2, 4)
+    gen_mask[1, 2] = False  # row 1: column 2 is a prompt token → 1 of its 3 generated positions is flat
+    out = S.hybrid(den, tokens, gen_mask, sde_steps=2, finish_steps=1, switch_snr=2.0, finish="remdm",
+                   finish_kwargs=dict(mode="rescale", eta=1.0), diagnostics=True,
+                   generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    torch.testing.assert_close(out.extra["t_start"], torch.tensor([0.5, 1 / 3], dtype=torch.float64))
+    # rescale σ = η·min(1, (1 − α_s)/α_t): starting at t = 1 instead, every visible draft token would
+    # be remasked (σ = η = 1); from t = m to s = eps it is eps/(1 − m) ≈ 0.
+    assert (out.diagnostics["r_t"][-1] == 0).all()
+    assert out.tokens[:, :2].tolist() == [[0, 1], [0, 1]]
+
+
+def test_hybrid_low_confidence_finish_takes_block_length_and_cfg_from_finish_kwargs():
+    den = _confidence_denoiser(vocab=6, length=8)
+    tokens, gen_mask = blank(1, 8)
+    states = []
+    out = S.hybrid(den, tokens, gen_mask, sde_steps=2, finish_steps=2, switch_snr=2.0, threshold=1.0,
+                   finish_kwargs=dict(block_length=4, cfg_scale=1.0),
+                   callback=lambda i, draft, masked, final: states.append((final, masked)))
+    finish = [masked for final, masked in states if final]
+    assert len(finish) == 2
+    assert not finish[0][0, :4].any() and finish[0][0, 4:].all()  # block 1 first, then block 2
+    assert out.nfe == 2 + 1 + 2 * 2  # SDE steps + draft decode + 2 CFG finish steps
 
 
 # ----------------------------------------------------------------------------- diagnostics
@@ -557,111 +722,7 @@ def test_diagnostics_shapes_and_meaning():
     assert d["rewrites"].sum() > 0
 
 
-# ----------------------------------------------------------------------------- review fixes
-
-
-class DrawRecorder:
-    """Wraps RowRNG._draw to record (kind, shape, dtype) of every random draw."""
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        original = S.RowRNG._draw
-
-        def draw(rng, kind, shape, gen, dtype):
-            out = original(rng, kind, shape, gen, dtype)
-            self.calls.append((kind, tuple(out.shape), out.dtype))
-            return out
-
-        monkeypatch.setattr(S.RowRNG, "_draw", draw)
-
-    def uniforms(self):
-        return [c for c in self.calls if c[0] == "uniform"]
-
-
-def test_low_confidence_draws_gumbel_noise_only_for_masked_positions(monkeypatch):
-    vocab, gen_len, block = 6, 8, 4
-    den = _confidence_denoiser(vocab, gen_len)
-    tokens, gen_mask = blank(3, gen_len)
-    masked = torch.ones_like(gen_mask)
-    masked[1, [0, 5]] = False  # row 1: a partly committed draft (as hybrid's finish gets)
-    tokens[1, [0, 5]] = 2
-    recorder = DrawRecorder(monkeypatch)
-    gens = [torch.Generator().manual_seed(s) for s in (0, 1, 2)]
-    out = S.low_confidence(den, tokens, gen_mask, steps=4, block_length=block, temperature=1.0, masked=masked,
-                           generator=gens)
-    # Blocks of 4 with 2 steps each: masked counts 4, 2 | 4, 2 per full row; row 1: 3, 1 | 3, 1.
-    drawn = sum(math.prod(shape) for _, shape, _ in recorder.uniforms())
-    assert drawn == (12 + 12 + 8) * vocab
-    assert all(dtype == torch.float64 for _, _, dtype in recorder.calls)
-    # Batch invariance: row 1 alone, with its own generator, gives the same tokens.
-    alone = S.low_confidence(den, tokens[1:2], gen_mask[1:2], steps=4, block_length=block, temperature=1.0,
-                             masked=masked[1:2], generator=[torch.Generator().manual_seed(1)])
-    assert torch.equal(alone.tokens[0], out.tokens[1])
-    assert out.tokens[1, [0, 5]].tolist() == [2, 2]
-
-
-CATEGORICAL_CALLS = {
-    "mdlm": lambda d, t, m, g: S.mdlm(d, t, m, steps=4, generator=g),
-    "remdm_conf": lambda d, t, m, g: S.remdm(d, t, m, steps=4, mode="conf", generator=g),
-    "roar": lambda d, t, m, g: S.roar(d, t, m, tokens_per_step=2, generator=g),
-    "low_confidence_random": lambda d, t, m, g: S.low_confidence(d, t, m, steps=2, temperature=1.0,
-                                                                 remasking="random", generator=g),
-    "hybrid_remdm": lambda d, t, m, g: S.hybrid(d, t, m, sde_steps=2, finish_steps=3, switch_snr=2.0, finish="remdm",
-                                                generator=g),
-}
-
-
-@pytest.mark.parametrize("name", sorted(CATEGORICAL_CALLS))
-def test_every_uniform_draw_is_float64(monkeypatch, name):
-    recorder = DrawRecorder(monkeypatch)
-    tokens, gen_mask = blank(2, 5)
-    CATEGORICAL_CALLS[name](oracle(5), tokens, gen_mask, [torch.Generator().manual_seed(s) for s in (0, 1)])
-    assert recorder.uniforms() and all(dtype == torch.float64 for _, _, dtype in recorder.uniforms())
-    assert all(dtype == torch.float32 for kind, _, dtype in recorder.calls if kind == "normal")
-
-
-def _mask_loving_denoiser(mask_id=2, vocab=5):
-    """A denoiser whose mask id is a real id (LLaDA-style) and whose logits favour it heavily."""
-    emb = embeddings(vocab, "random")
-    logits = torch.tensor([0.0, 1.0, 8.0, 0.5, -1.0])
-
-    def features(z):
-        return logits.expand(z.shape[0], z.shape[1], vocab)
-
-    return S.Denoiser(features, None, emb, visible_snr=30.0, mask_token_id=mask_id), logits, emb
-
-
-def test_in_vocabulary_mask_id_is_never_drawn_nor_in_the_posterior_mean():
-    den, logits, emb = _mask_loving_denoiser()
-    assert den.logits(torch.zeros(1, 5))[0, 2] == -math.inf
-    tokens, gen_mask = blank(40, 6)
-    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    outs = {
-        "mdlm": S.mdlm(den, tokens, gen_mask, steps=3, generator=gen()),
-        "remdm": S.remdm(den, tokens, gen_mask, steps=3, mode="rescale", eta=0.5, generator=gen()),
-        "low_confidence_greedy": S.low_confidence(den, tokens, gen_mask, steps=3),
-        "low_confidence": S.low_confidence(den, tokens, gen_mask, steps=3, temperature=2.0, generator=gen()),
-        "roar": S.roar(den, tokens, gen_mask, tokens_per_step=2, generator=gen()),
-        "sde": S.sde(den, tokens, gen_mask, torch.tensor([0.0, 1.0, 2.0]), generator=gen()),
-        "hybrid": S.hybrid(den, tokens, gen_mask, sde_steps=2, finish_steps=2, switch_snr=2.0, generator=gen()),
-        "correct": S.correct(den, torch.full_like(tokens, 2), gen_mask),
-    }
-    for name, out in outs.items():
-        assert not (out.tokens == 2).any(), name
-    keep = torch.tensor([0, 1, 3, 4])
-    x_hat = torch.softmax(logits[keep], -1) @ emb[keep]
-    out = S.sde(den, tokens[:1, :1], gen_mask[:1, :1], torch.tensor([0.0, 1.0]), noise_scale=0.0)
-    torch.testing.assert_close(out.extra["z"][0, 0], x_hat)
-
-
-def test_posterior_mean_top_k_is_the_renormalised_top_k_average():
-    emb = embeddings(6, "random")
-    logits = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
-    full = torch.softmax(logits, -1)
-    kept = torch.zeros_like(full).scatter_(-1, logits.topk(3, -1).indices, full.topk(3, -1).values)
-    torch.testing.assert_close(S.posterior_mean(logits, emb, 3), (kept / kept.sum(-1, keepdim=True)) @ emb)
-    torch.testing.assert_close(S.posterior_mean(logits, emb), full @ emb)
-    torch.testing.assert_close(S.posterior_mean(logits, emb, 6), full @ emb)
+# ----------------------------------------------------------------------------- argument validation
 
 
 BAD_SAMPLER_CALLS = [
@@ -691,57 +752,3 @@ def test_sampler_functions_validate_their_arguments(call, name):
     tokens, gen_mask = blank(1, 4)
     with pytest.raises(ValueError, match=name):
         call(oracle(4), tokens, gen_mask)
-
-
-def _flat_columns_denoiser(vocab=4, flat=(2, 3)):
-    """Peaked (p ≈ 1) predictions at every column except `flat` (uniform there)."""
-    emb = embeddings(vocab, "random")
-
-    def logits(z):
-        out = torch.zeros(z.shape[0], z.shape[1], vocab)
-        for j in range(z.shape[1]):
-            if j not in flat:
-                out[:, j, j % vocab] = 100.0
-        return out
-
-    return S.as_denoiser(logits, emb, visible_snr=30.0)
-
-
-def test_hybrid_keeps_draft_tokens_strictly_above_the_threshold():
-    den = _flat_columns_denoiser()
-    tokens, gen_mask = blank(2, 4)
-    kw = dict(sde_steps=2, finish_steps=4, switch_snr=2.0, generator=torch.Generator().manual_seed(0))
-    # p = 1 exactly at the peaked columns: kept for τ < 1, masked at τ = 1 (conf > τ, strict).
-    assert S.hybrid(den, tokens, gen_mask, threshold=0.99, **kw).extra["draft_masked"][0].tolist() == [
-        False, False, True, True]
-    assert S.hybrid(den, tokens, gen_mask, threshold=1.0, **kw).extra["draft_masked"].all()
-    # p = 1/4 at the flat columns: masked at τ = 1/4 (not strictly above).
-    assert S.hybrid(den, tokens, gen_mask, threshold=0.25, **kw).extra["draft_masked"][0].tolist() == [
-        False, False, True, True]
-
-
-def test_hybrid_remdm_finish_starts_at_each_rows_masked_fraction():
-    den = _flat_columns_denoiser()
-    tokens, gen_mask = blank(2, 4)
-    gen_mask[1, 2] = False  # row 1: column 2 is a prompt token → 1 of its 3 generated positions is flat
-    out = S.hybrid(den, tokens, gen_mask, sde_steps=2, finish_steps=1, switch_snr=2.0, finish="remdm",
-                   finish_kwargs=dict(mode="rescale", eta=1.0), diagnostics=True,
-                   generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
-    torch.testing.assert_close(out.extra["t_start"], torch.tensor([0.5, 1 / 3], dtype=torch.float64))
-    # rescale σ = η·min(1, (1 − α_s)/α_t): at t = 1 (the old start) every visible draft token would
-    # be remasked (σ = η = 1); from t = m to s = eps it is eps/(1 − m) ≈ 0.
-    assert (out.diagnostics["r_t"][-1] == 0).all()
-    assert out.tokens[:, :2].tolist() == [[0, 1], [0, 1]]
-
-
-def test_hybrid_low_confidence_finish_takes_block_length_and_cfg_from_finish_kwargs():
-    den = _confidence_denoiser(vocab=6, length=8)
-    tokens, gen_mask = blank(1, 8)
-    states = []
-    out = S.hybrid(den, tokens, gen_mask, sde_steps=2, finish_steps=2, switch_snr=2.0, threshold=1.0,
-                   finish_kwargs=dict(block_length=4, cfg_scale=1.0),
-                   callback=lambda i, draft, masked, final: states.append((final, masked)))
-    finish = [masked for final, masked in states if final]
-    assert len(finish) == 2
-    assert not finish[0][0, :4].any() and finish[0][0, 4:].all()  # block 1 first, then block 2
-    assert out.nfe == 2 + 1 + 2 * 2  # SDE steps + draft decode + 2 CFG finish steps

@@ -1,7 +1,9 @@
-"""DSLTrainer, EMA, scripts/continue_pretrain.py: the acceptance points of issue 9.
+"""DSLTrainer, EMA and scripts/continue_pretrain.py: the loss and objectives, learning, EMA, PEFT, and
+the script (arguments, training, SIGKILL and resume, DeepSpeed ZeRO).
 
-Tiny models (hidden 64, 2 blocks) on WikiText text from ../shared with a small byte-level BPE
-trained here. DeepSpeed and kill-and-resume run in subprocesses (process-global state, SIGKILL).
+Tiny models (hidden 64, 2 blocks) on the WikiText-103 excerpt shipped in trainers/demo_data/, with a
+small byte-level BPE trained on it (conftest: `wikitext`, `tok_dir`). DeepSpeed and kill-and-resume
+run in subprocesses (process-global state, SIGKILL).
 """
 
 import json
@@ -19,40 +21,21 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from conftest import paragraphs, tiny_model
 from modeling_dsl import DSLConfig, DSLForDiffusionLM
-from trainers import DSLTrainer, EMACallback, detokenize_wikitext, mdlm_masking, pack_dataset, train_bpe_tokenizer
+from trainers import DSLTrainer, EMACallback, mdlm_masking, pack_dataset
 from trainers.data import DSLDataCollator
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "continue_pretrain.py"
-TINY = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, cond_dim=32, max_position_embeddings=128,
+# Trainer-sized tiny models (64-token blocks); the script builds the same from --config_overrides.
+SIZE = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, cond_dim=32, max_position_embeddings=128,
             noise_dim=16)
-TINY_OVERRIDES = ",".join(f"{k}={v}" for k, v in TINY.items())
+SIZE_OVERRIDES = ",".join(f"{k}={v}" for k, v in SIZE.items())
+MODEL = dict(SIZE, dropout=0.1)  # DSLConfig's (MDLM's) dropout, as the script's models have
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def wiki(shared_dir):
-    """(train text, held-out text): detokenised WikiText, train prefix and validation excerpt."""
-    folder = shared_dir / "data" / "wikitext103"
-    train = detokenize_wikitext((folder / "wiki.train.tokens").read_text(encoding="utf-8")[:600_000])
-    held = detokenize_wikitext((folder / "wiki.valid.tokens").read_text(encoding="utf-8")[:60_000])
-    return train, held
-
-
-def paragraphs(text):
-    return [p for p in text.split("\n") if len(p) > 50]
-
-
-@pytest.fixture(scope="module")
-def tok_dir(wiki, tmp_path_factory):
-    """A 384-token byte-level BPE trained on the train text, saved to disk."""
-    tok = train_bpe_tokenizer(paragraphs(wiki[0]), vocab_size=384)
-    path = tmp_path_factory.mktemp("tok")
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +46,18 @@ def tokenizer(tok_dir):
 
 
 @pytest.fixture(scope="module")
-def blocks(wiki, tokenizer):
+def blocks(wikitext, tokenizer):
     """(train blocks, held-out blocks) of length 64."""
-    train = pack_dataset(datasets.Dataset.from_dict({"text": paragraphs(wiki[0])}), tokenizer, 64)
-    held = pack_dataset(datasets.Dataset.from_dict({"text": paragraphs(wiki[1])}), tokenizer, 64)
+    train = pack_dataset(datasets.Dataset.from_dict({"text": paragraphs(wikitext[0])}), tokenizer, 64)
+    held = pack_dataset(datasets.Dataset.from_dict({"text": paragraphs(wikitext[1])}), tokenizer, 64)
     return train, held
 
 
 @pytest.fixture(scope="module")
-def train_file(wiki, tmp_path_factory):
+def train_file(wikitext, tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "train.txt"
-    path.write_text(wiki[0][:120_000], encoding="utf-8")
+    path.write_text(wikitext[0][:120_000], encoding="utf-8")
     return path
-
-
-def tiny_model(vocab_size, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return DSLForDiffusionLM(DSLConfig(vocab_size=vocab_size, mask_token_id=vocab_size, **TINY, **kwargs))
 
 
 def targs(out, **kwargs):
@@ -153,7 +131,7 @@ def test_trainer_uses_the_config_sampler_roar_fraction_and_lognormal_moments(tok
     """The sampler DSLTrainer calls reproduces the config's mixture (both presets)."""
     V = len(tokenizer)
     for preset in ("paper", "authors_code"):
-        config = DSLConfig.from_preset(preset, vocab_size=V, mask_token_id=V, **TINY)
+        config = DSLConfig.from_preset(preset, vocab_size=V, mask_token_id=V, **SIZE)
         model = DSLForDiffusionLM(config)
         trainer = DSLTrainer(model=model, args=targs(tmp_path), train_dataset=blocks[0])
         g = torch.Generator().manual_seed(0)
@@ -194,7 +172,7 @@ def test_trainer_uses_the_config_sampler_roar_fraction_and_lognormal_moments(tok
 
 def test_dsl_loss_equals_model_loss_and_prompt_tokens_stay_clean(tokenizer, blocks, tmp_path):
     V = len(tokenizer)
-    model = tiny_model(V)
+    model = tiny_model(vocab_size=V, **MODEL)
     model.eval()  # no dropout: compare two forwards exactly
     trainer = DSLTrainer(model=model, args=targs(tmp_path), train_dataset=blocks[0])
     batch = DSLDataCollator(0)([blocks[0][i] for i in range(4)])
@@ -232,7 +210,7 @@ def test_dsl_loss_equals_model_loss_and_prompt_tokens_stay_clean(tokenizer, bloc
 
 def test_padding_ids_outside_the_vocabulary_are_ignored_and_bad_targets_refused(tokenizer, blocks, tmp_path):
     V = len(tokenizer)
-    model = tiny_model(V).eval()
+    model = tiny_model(vocab_size=V, **MODEL).eval()
     trainer = DSLTrainer(model=model, args=targs(tmp_path), train_dataset=blocks[0])
     batch = DSLDataCollator(0)([blocks[0][i] for i in range(2)])
     batch["attention_mask"][1, 40:] = 0
@@ -260,7 +238,7 @@ def test_mdlm_objective_masks_with_loglinear_schedule_and_1_over_t_weights(token
     assert (frac - (1 - 1e-3) * t).abs().max().item() < 0.3
     slope = torch.linalg.lstsq(torch.stack([t, torch.ones_like(t)], 1), frac[:, None]).solution[0].item()
     assert abs(slope - (1 - 1e-3)) < 0.03
-    model = tiny_model(len(tokenizer))
+    model = tiny_model(vocab_size=len(tokenizer), **MODEL)
     trainer = DSLTrainer(model=model, args=targs(tmp_path), train_dataset=blocks[0], objective="mdlm")
     batch = DSLDataCollator(0)([blocks[0][i] for i in range(8)])
     snr, weights, n_targets, clean = trainer.corrupt_batch(batch, torch.Generator().manual_seed(1))
@@ -282,7 +260,7 @@ def test_dsl_loss_really_learns_masked_tokens_below_unigram_entropy(tokenizer, b
     """500 steps of Algorithm 1; probe: 15 % of held-out positions at γ = 0, the rest at γ_max."""
     train, held = blocks
     V = len(tokenizer)
-    model = tiny_model(V)
+    model = tiny_model(vocab_size=V, **MODEL)
     args = targs(tmp_path, max_steps=500, per_device_train_batch_size=32, lr_scheduler_type="constant_with_warmup",
                  warmup_steps=20, logging_steps=50)
     trainer = DSLTrainer(model=model, args=args, train_dataset=train)
@@ -313,7 +291,8 @@ def test_dsl_loss_really_learns_masked_tokens_below_unigram_entropy(tokenizer, b
 def test_gradient_checkpointing_gives_the_same_losses(tokenizer, blocks, tmp_path):
     runs = []
     for gc in (False, True):
-        model = tiny_model(len(tokenizer))  # dropout 0.1 on: the recompute must replay the same RNG
+        # dropout 0.1 on: the recompute must replay the same RNG
+        model = tiny_model(vocab_size=len(tokenizer), **MODEL)
         trainer = DSLTrainer(model=model, args=targs(tmp_path / str(gc), max_steps=4, gradient_checkpointing=gc),
                              train_dataset=blocks[0])
         trainer.train()
@@ -326,7 +305,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tokenizer, blocks, tmp_pat
 
 
 def test_buckets_and_fixed_snr_evaluation_are_logged(tokenizer, blocks, tmp_path):
-    model = tiny_model(len(tokenizer))
+    model = tiny_model(vocab_size=len(tokenizer), **MODEL)
     args = targs(tmp_path, max_steps=6, logging_steps=3, eval_strategy="steps", eval_steps=6,
                  per_device_eval_batch_size=8)
     trainer = DSLTrainer(model=model, args=args, train_dataset=blocks[0], eval_dataset=blocks[1].select(range(16)))
@@ -409,7 +388,7 @@ def test_ema_equals_closed_form_running_average_and_resume_restores_it(tmp_path)
 
 
 def test_evaluation_uses_ema_weights_and_restores_the_model(tokenizer, blocks, tmp_path):
-    model = tiny_model(len(tokenizer))
+    model = tiny_model(vocab_size=len(tokenizer), **MODEL)
     args = targs(tmp_path, max_steps=5, per_device_eval_batch_size=8)
     trainer = DSLTrainer(model=model, args=args, train_dataset=blocks[0], eval_dataset=blocks[1].select(range(8)),
                          ema_decay=0.5, eval_snrs=(0, 50))
@@ -433,7 +412,7 @@ def test_lora_trains_only_adapter_and_converter_and_reloads_on_remote_code_base(
     from peft import LoraConfig, get_peft_model
 
     V = len(tokenizer)
-    base = tiny_model(V, dropout=0.0)
+    base = tiny_model(vocab_size=V, **SIZE)  # dropout 0
     # A fresh model has MDLM's zero-initialised adaLN gates and output layer, so no gradient reaches
     # the backbone while they are frozen; give it the non-zero weights of a pretrained model.
     with torch.no_grad():
@@ -472,7 +451,7 @@ def test_lora_trains_only_adapter_and_converter_and_reloads_on_remote_code_base(
 def test_script_help_and_argument_errors(tok_dir, train_file, tmp_path):
     result = run_script(["--help"], timeout=120)
     assert result.returncode == 0 and "--snr_preset" in result.stdout and "--use_lora" in result.stdout
-    bad = run_script(script_args(tmp_path, tok_dir, train_file, "--config_overrides", TINY_OVERRIDES,
+    bad = run_script(script_args(tmp_path, tok_dir, train_file, "--config_overrides", SIZE_OVERRIDES,
                                  "--objective", "ar", "--max_steps", "1"), timeout=120)
     assert bad.returncode != 0 and "--objective" in bad.stderr
 
@@ -499,12 +478,12 @@ def test_script_argument_rules_and_default_lora_targets(tok_dir, train_file, tmp
     with pytest.raises(ValueError, match="--use_lora needs --model_name_or_path"):
         check("--mdlm_checkpoint", str(tmp_path), "--use_lora")
     with pytest.raises(ValueError, match="--lora_target_modules is only used with --use_lora"):
-        check("--config_overrides", TINY_OVERRIDES, "--lora_target_modules", "attn_qkv")
+        check("--config_overrides", SIZE_OVERRIDES, "--lora_target_modules", "attn_qkv")
     with pytest.raises(ValueError, match="only one of --train_file and --dataset_name"):
-        check("--config_overrides", TINY_OVERRIDES, "--dataset_name", "wikitext")
+        check("--config_overrides", SIZE_OVERRIDES, "--dataset_name", "wikitext")
     # a loaded checkpoint takes training-time overrides only
     folder = tmp_path / "ckpt"
-    tiny_model(50).save_pretrained(folder)
+    tiny_model(vocab_size=50, **MODEL).save_pretrained(folder)
     args = check("--model_name_or_path", str(folder), "--config_overrides", "hidden_size=32")
     with pytest.raises(ValueError, match="training-time fields"):
         cp.build_model(args, tokenizer=list(range(50)))
@@ -512,10 +491,10 @@ def test_script_argument_rules_and_default_lora_targets(tok_dir, train_file, tmp
     assert cp.build_model(args, tokenizer=list(range(50))).config.snr_max == 80.0
     # the default LoRA targets are the blocks' linears, not the constant σ-embedder's MLP
     args = check("--model_name_or_path", str(folder), "--use_lora")
-    peft_model = cp.apply_training_mode(tiny_model(50), args)
+    peft_model = cp.apply_training_mode(tiny_model(vocab_size=50, **MODEL), args)
     wrapped = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
     assert wrapped and all(".blocks." in n for n in wrapped), wrapped
-    assert len(wrapped) == 4 * TINY["num_hidden_layers"]
+    assert len(wrapped) == 4 * SIZE["num_hidden_layers"]
 
 
 @pytest.mark.slow
@@ -523,7 +502,7 @@ def test_script_trains_dsl_and_mdlm_objectives_and_output_loads_as_remote_code(t
     outputs = {}
     for objective in ("dsl", "mdlm"):
         out = tmp_path / objective
-        result = run_script(script_args(out, tok_dir, train_file, "--config_overrides", TINY_OVERRIDES,
+        result = run_script(script_args(out, tok_dir, train_file, "--config_overrides", SIZE_OVERRIDES,
                                         "--objective", objective, "--max_steps", "12", "--snr_preset", "paper",
                                         "--eval_strategy", "steps", "--eval_steps", "12"))
         assert result.returncode == 0, result.stderr[-3000:]
@@ -563,7 +542,7 @@ module.main(sys.argv[1:], callbacks=[KillAfterCheckpoint()])
 
 @pytest.mark.slow
 def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tok_dir, train_file, tmp_path):
-    common = ["--config_overrides", TINY_OVERRIDES, "--max_steps", "10", "--save_steps", "3",
+    common = ["--config_overrides", SIZE_OVERRIDES, "--max_steps", "10", "--save_steps", "3",
               "--ema_decay", "0.9", "--seed", "7"]
     full = run_script(script_args(tmp_path / "full", tok_dir, train_file, *common))
     assert full.returncode == 0, full.stderr[-3000:]
@@ -597,7 +576,7 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tok_dir, train_f
 def test_deepspeed_zero_single_process_cpu_trains_and_reloads(stage, tokenizer, tok_dir, train_file, tmp_path, run_without_package):
     pytest.importorskip("deepspeed")
     init = tmp_path / "init"
-    model = tiny_model(len(tokenizer))
+    model = tiny_model(vocab_size=len(tokenizer), **MODEL)
     model.save_pretrained(init)
     tokenizer.save_pretrained(init)
     env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
