@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import measure
 
@@ -81,4 +80,4 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's packages first, also where another copy is installed
 
 # Known dense peak throughputs (TFLOP/s) for MFU: bf16 tensor cores; fp32 runs use the TF32 figure.
 PEAK_TFLOPS = {
@@ -152,6 +153,14 @@ def describe_device(device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def load_average() -> str:
+    """The 1-minute load average against the core count (other jobs on the machine slow the timings)."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except OSError:
+        return "load average unknown"
+
+
 def known_peak_tflops(device, dtype: str):
     """Dense peak TFLOP/s of a known accelerator for `dtype`, else None."""
     if device.type != "cuda":
@@ -204,7 +213,7 @@ def dsl_training_step(model, optimizer, ids, sampler, generator, autocast) -> Ca
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.detach().item()
 
     return step
 

@@ -10,6 +10,11 @@ real tokens. Samplers call `logits` only on the rows they need (the positions th
 this step), and draw categorical samples only on those rows, in float64. A plain callable
 `z -> logits (B, L, V)` is accepted too (wrapped by [`as_denoiser`]), so the same sampler runs on
 the model (`Denoiser.from_model`) and on an exact Bayes oracle ([`ExactSequenceDenoiser`]).
+A model's denoiser is also split into the per-position converter and the backbone, so the masked
+samplers (remdm, mdlm, low_confidence, roar) recompute the converter only at the positions a step
+changed, and `Denoiser.from_model(..., compile=True)` runs the fixed-shape network calls through
+`torch.compile`. The masked samplers sync with the host at most once per step (remdm: which
+positions unmask; low_confidence and roar: once per block or call).
 
 Discrete state convention (DESIGN.md): a masked position is z = 0; a visible token t is
 z = visible_snr · E[t] (noiseless).
@@ -87,6 +92,10 @@ REMDM_MODES = ("cap", "rescale", "conf", "loop")
 ETA_CAP_TABLE = {128: 0.010, 256: 0.008, 512: 0.007, 1024: 0.004}
 # Official ReMDM OWT default of the rescale mode (reference mdlm_remdm.md).
 ETA_RESCALE_DEFAULT = 0.015
+
+# Rows per chunk where a sampler only needs a reduction of the (rows, V) logits (SDE's x̂): about
+# 2^22 logits (16 MiB fp32) at a time instead of the whole (N, V) tensor.
+_CHUNK_ELEMENTS = 2**22
 
 # Which positions u_t, H_t, k_t average over and what r_t divides by (see the module docstring).
 DIAGNOSTIC_POSITIONS = ("evaluated", "all")
@@ -796,10 +805,18 @@ def sde(
     nfe = 0
     last_argmax = None
 
+    keep_logits = diagnostics or callback is not None
+    chunk = max(1, _CHUNK_ELEMENTS // den.vocab_size)
+
     def evaluate(state):
-        feats = den.features(state)
-        logits = den.logits(feats[index.rows, index.cols]).float()
-        return logits, posterior_mean(logits, emb, posterior_top_k)
+        """(logits or None, x̂) at the generated positions. Without diagnostics or a callback the
+        logits are never kept whole: the LM head, softmax and x̂ run over chunks of rows."""
+        feats = den.features(state)[index.rows, index.cols]
+        if keep_logits:
+            logits = den.logits(feats).float()
+            return logits, posterior_mean(logits, emb, posterior_top_k)
+        parts = [posterior_mean(den.logits(part).float(), emb, posterior_top_k) for part in feats.split(chunk)]
+        return None, torch.cat(parts) if parts else emb.new_zeros((0, emb.shape[1]))
 
     z_gen = z[index.rows, index.cols]
     for k in _progress(range(steps), progress, "sde"):
