@@ -134,30 +134,26 @@ def reference_masked(model, args, mode, eta, generator):
     """MDLM (σ = 0) or ReMDM-loop, `ddpm_cache` style; returns (tokens, NFE)."""
     import torch
 
-    from modeling_dsl.sampling_dsl import remdm_loop_schedule, remdm_unmask_prob, top_p_filter
+    from modeling_dsl.sampling_dsl import _remdm_row_rates, top_p_filter  # our samplers' own schedule
 
     batch, length, vocab = args.batch_size, args.seq_len, model.config.vocab_size
     mask_id, snr, eps = model.config.mask_token_id, float(model.config.snr_max), 1e-5
     device = next(model.parameters()).device
     x = torch.full((batch, length), mask_id, dtype=torch.long, device=device)
-    timesteps = torch.linspace(1, eps, args.steps + 1, dtype=torch.float64).tolist()
-    dt = (1 - eps) / args.steps
+    timesteps = torch.linspace(1, eps, args.steps + 1, dtype=torch.float64)[:-1]
+    dt = torch.tensor((1 - eps) / args.steps, dtype=torch.float64)
+    sigmas, unmasks = _remdm_row_rates(mode, timesteps, dt, eta, 0.55, 0.05, 0.9)
     p_x0, nfe = None, 0
     for i in range(args.steps):
-        t = timesteps[i]
-        if mode == "loop":
-            phase, a_t, a_s = remdm_loop_schedule(t, dt, 0.55, 0.05, 0.9)
-            sigma = eta if phase == 2 else 0.0
-        else:
-            a_t, a_s, sigma = 1 - t, 1 - (t - dt), 0.0
+        sigma, unmask = float(sigmas[i]), float(unmasks[i])  # the mask keeps 1 − unmask
         if p_x0 is None:
             p_x0 = torch.softmax(full_logits(model, draft_z(model, x, snr)), dim=-1)  # (B, L, V)
             nfe += 1
             if args.top_p < 1.0:
                 p_x0 = top_p_filter(p_x0, args.top_p)
         masked = (x == mask_id).unsqueeze(-1)
-        mask_col = torch.full((batch, length, 1), (1 - a_s - sigma * a_t) / (1 - a_t), device=device)
-        q = torch.cat([p_x0 * remdm_unmask_prob(a_s, a_t, sigma), mask_col], dim=-1).double()  # (B, L, V+1)
+        mask_col = torch.full((batch, length, 1), 1 - unmask, device=device)
+        q = torch.cat([p_x0 * unmask, mask_col], dim=-1).double()  # (B, L, V+1)
         if sigma > 0:  # ReMDM: a visible token is kept with 1 − σ and remasked with σ
             q_visible = torch.zeros_like(q).scatter_(-1, x.unsqueeze(-1), 1 - sigma)
             q_visible[..., mask_id] = sigma

@@ -7,6 +7,7 @@ is installed.
 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
+from .backbone_base import DSLBackbone, PublishedWeights
 from .configuration_dsl import DSLConfig
 from .converter_dsl import SoftmaxConverter, SphericalEmbedding
 from .generation_dsl import DSLGenerationConfig, DSLGenerationMixin
@@ -19,6 +20,7 @@ AutoModelForMaskedLM.register(DSLConfig, DSLForDiffusionLM, exist_ok=True)
 
 __all__ = [
     "DSLConfig", "DSLForDiffusionLM", "DSLPreTrainedModel", "DSLDiffusionOutput", "DSLGenerationConfig",
+    "DSLBackbone", "PublishedWeights",
     "DSLGenerationMixin", "SoftmaxConverter", "SphericalEmbedding", "SNRSampler", "corrupt",
     "optimal_denoiser", "snr_schedule", "token_posterior",
 ]

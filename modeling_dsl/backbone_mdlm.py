@@ -5,15 +5,24 @@ Same module tree and parameter names as `kuleshov-group/mdlm` `models/dit.py` (u
 `vocab_embed` (its role passes to the converter's W_trans) and the output layer's mask row
 (DSL predicts only real tokens). DSL has no time input: the adaLN conditioning is always
 c = SiLU(sigma_map(σ = 0)), the constant MDLM's released OWT model was trained with.
+
+Everything MDLM-specific lives here, including reading the published `kuleshov-group/mdlm-owt`
+format (`config.json` fields, `backbone.*` tensors; reference/mdlm_remdm.md §2).
 """
 
+import logging
 import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .backbone_base import DSLBackbone, PublishedWeights
+
+logger = logging.getLogger(__name__)
 
 
 class TimestepEmbedder(nn.Module):
@@ -132,6 +141,7 @@ class DDiTBlock(GradientCheckpointingLayer):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
         h = modulate(self.norm1(x), shift_msa, scale_msa)
         attn = self.attention(h, cos, sin, attention_mask)
+        # Residual adds in x's dtype: under autocast the branches are bf16 but the stream stays fp32 (MDLM).
         x = x + gate_msa * F.dropout(attn, p=self.dropout, training=self.training)
         h = modulate(self.norm2(x), shift_mlp, scale_mlp)
         x = x + gate_mlp * F.dropout(self.mlp(h), p=self.dropout, training=self.training)
@@ -148,17 +158,24 @@ class DDitFinalLayer(nn.Module):
         self.adaLN_modulation = zero_init(nn.Linear(cond_dim, 2 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x: (..., D) with c broadcastable (1, cond_dim) → logits (..., V)."""
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # (1, D) each, broadcast over positions
+        """x: (..., D) with c (cond_dim,) → logits (..., V)."""
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # (D,) each, broadcast over positions
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class MDLMDiT(nn.Module):
+class MDLMDiT(DSLBackbone):
     """MDLM DiT without its token embedding: `inputs_embeds` (B, L, D) → hidden (B, L, D).
 
     `forward` runs the blocks; `logits(hidden)` applies the final layer to any subset of
     positions (it acts per position), so samplers pay for the LM head only where they need it.
     """
+
+    backbone_type = "mdlm_dit"
+    published_format = "kuleshov-group/mdlm-owt"
+    no_split_modules = ("DDiTBlock",)
+    # The DiT blocks' linears only: a plain suffix list like "mlp.0" also matches the constant
+    # σ-embedder `sigma_map.mlp.0` (PEFT matches name suffixes).
+    lora_target_modules = r"blocks\.\d+\.(?:attn_qkv|attn_out|mlp\.0|mlp\.2)"
 
     def __init__(self, config):
         super().__init__()
@@ -175,7 +192,8 @@ class MDLMDiT(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """inputs_embeds: (B, L, D); attention_mask: (B, L) with 1 for real keys, or None
-        when nothing is padded (SDPA then takes its unmasked kernel). Returns (B, L, D)."""
+        when nothing is padded (SDPA then takes its unmasked kernel). Returns (B, L, D) in the
+        dtype of `inputs_embeds`: the residual adds keep it (fp32 under autocast, as MDLM)."""
         x = inputs_embeds
         c = self.conditioning(x.device).to(x.dtype)
         cos, sin = self.rotary_emb(x.shape[1], x.device)
@@ -184,6 +202,81 @@ class MDLMDiT(nn.Module):
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final layer on hidden states of any leading shape (..., D) → fp32 logits (..., V)."""
-        c = self.conditioning(hidden.device).to(hidden.dtype)
-        return self.output_layer(hidden, c).float()
+        """Final layer on hidden states of any leading shape (..., D) → logits (..., V)."""
+        c = self.conditioning(hidden.device).to(hidden.dtype)[0]  # (cond_dim,): broadcasts over any (..., D)
+        return self.output_layer(hidden, c)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.output_layer.linear
+
+    def init_module(self, module: nn.Module) -> None:
+        """MDLM's init: adaLN modulations and the final linear start at zero (blocks begin as the
+        identity), other linears N(0, initializer_range²) with zero bias, norms at 1, rotary
+        frequencies recomputed."""
+        if isinstance(module, RotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq())
+        elif isinstance(module, nn.Linear):
+            if getattr(module, "zero_init", False):
+                init.zeros_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, LayerNorm):
+            init.ones_(module.weight)
+
+    # ------------------------------------------------------------------ the published MDLM format
+    @classmethod
+    def config_from_published(cls, published_config: dict, state_dict: dict) -> dict:
+        """DSLConfig fields from an MDLM `config.json` (`vocab_size`, `hidden_dim`, `n_blocks`,
+        `n_heads`, `model_length`, `cond_dim`, `dropout`). cond_dim comes from the weights when the
+        json's value disagrees (MDLMConfig's class default 129 is wrong for mdlm-owt)."""
+        required = ("vocab_size", "hidden_dim", "n_blocks", "n_heads", "model_length")
+        missing = [k for k in required if k not in published_config]
+        if missing:
+            raise ValueError(f"MDLM config.json lacks fields {missing}")
+        if published_config.get("time_conditioning", False):
+            logger.warning("This MDLM checkpoint was trained with time conditioning; DSL always feeds σ = 0.")
+        cond_dim = published_config.get("cond_dim")
+        sigma_w = state_dict.get("backbone.sigma_map.mlp.0.weight")
+        if sigma_w is not None:
+            cond_dim = int(sigma_w.shape[0])
+        vocab_with_mask = int(published_config["vocab_size"])
+        return dict(
+            backbone_type=cls.backbone_type,
+            vocab_size=vocab_with_mask - 1,
+            mask_token_id=vocab_with_mask - 1,  # MDLM's mask id = len(GPT-2 tokenizer) = 50257
+            hidden_size=int(published_config["hidden_dim"]),
+            num_hidden_layers=int(published_config["n_blocks"]),
+            num_attention_heads=int(published_config["n_heads"]),
+            cond_dim=int(cond_dim if cond_dim is not None else 128),
+            max_position_embeddings=int(published_config["model_length"]),
+            dropout=float(published_config.get("dropout", 0.1)),
+        )
+
+    @classmethod
+    def weights_from_published(cls, state_dict: dict, config) -> PublishedWeights:
+        """MDLM `backbone.*` tensors → this module's names. `backbone.vocab_embed.embedding`
+        (V+1, D) is the W_trans init source (its row `mask_token_id`, MDLM's [MASK], the mask
+        column); the output layer's mask row is dropped (DSL predicts the V real tokens);
+        `rotary_emb.inv_freq` is kept in fp32."""
+        prefix = "backbone."
+        mapped, unexpected, vocab_embed = {}, [], None
+        for key, tensor in state_dict.items():
+            if key == prefix + "vocab_embed.embedding":
+                vocab_embed = tensor
+                continue
+            if not key.startswith(prefix):
+                unexpected.append(key)
+                continue
+            name = key[len(prefix):]
+            if name in ("output_layer.linear.weight", "output_layer.linear.bias"):
+                keep = torch.ones(tensor.shape[0], dtype=torch.bool)
+                keep[config.mask_token_id] = False
+                tensor = tensor[keep]
+            if name.endswith("rotary_emb.inv_freq"):
+                tensor = tensor.float()
+            mapped[name] = tensor
+        if vocab_embed is None:
+            raise ValueError("MDLM checkpoint has no backbone.vocab_embed.embedding to initialise the converter")
+        return PublishedWeights(mapped, vocab_embed, vocab_embed[config.mask_token_id], unexpected)

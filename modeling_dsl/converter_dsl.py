@@ -172,33 +172,54 @@ class SoftmaxConverter(nn.Module):
         if self.backbone_embedding.bias is not None:
             nn.init.zeros_(self.backbone_embedding.bias)
 
-    def slot_logits(self, z: torch.Tensor, unit_embeddings: torch.Tensor) -> torch.Tensor:
-        """β z Kᵀ + b in fp32, shape (..., V+1). Autocast is off: a V-way bf16 softmax misorders."""
+    def effective_beta(self, beta=None, device=None) -> torch.Tensor:
+        """β for one call, fp32 of shape (1,): the learned parameter, or `beta` when given.
+
+        `beta` (a float, or a 0-d / (1,) tensor) replaces the learned β for this call only, without
+        touching the weights (DSL-LLaDA decodes with β_inf = 2·β_train). It must be finite and > 0.
+        """
+        if beta is None:
+            return self.beta.float()
+        if isinstance(beta, bool) or not isinstance(beta, (int, float, torch.Tensor)):
+            raise ValueError(f"beta must be a float or a 0-d / (1,) tensor, got {type(beta).__name__}")
+        value = torch.as_tensor(beta, dtype=torch.float32, device=device if device is not None else self.beta.device)
+        if value.numel() != 1 or value.dim() > 1:
+            raise ValueError(f"beta must be a float or a 0-d / (1,) tensor, got shape {tuple(value.shape)}")
+        if not bool(torch.isfinite(value).all() & (value > 0).all()):
+            raise ValueError(f"beta must be finite and > 0, got {value.item()}")
+        return value.reshape(1)
+
+    def slot_logits(self, z: torch.Tensor, unit_embeddings: torch.Tensor, beta=None) -> torch.Tensor:
+        """β z Kᵀ + b in fp32, shape (..., V+1). Autocast is off: a V-way bf16 softmax misorders.
+
+        `beta` replaces the learned β for this call (see `effective_beta`).
+        """
         with torch.autocast(device_type=z.device.type, enabled=False):
             keys = F.pad(unit_embeddings.float(), (0, 0, 0, 1))  # (V+1, d), last row = mask key 0
-            scaled = z.float() * self.beta.float()  # fold β into z: (…, d) is cheap, (…, V+1) is not
+            scaled = z.float() * self.effective_beta(beta, z.device)  # fold β into z: (…, d) is cheap, (…, V+1) is not
             return F.linear(scaled, keys, self.logit_bias.float())
 
-    def slot_probs(self, z: torch.Tensor, unit_embeddings: torch.Tensor) -> torch.Tensor:
-        """π over the V+1 slots (fp32), shape (..., V+1)."""
-        return torch.softmax(self.slot_logits(z, unit_embeddings), dim=-1)
+    def slot_probs(self, z: torch.Tensor, unit_embeddings: torch.Tensor, beta=None) -> torch.Tensor:
+        """π over the V+1 slots (fp32), shape (..., V+1); `beta` as in `slot_logits`."""
+        return torch.softmax(self.slot_logits(z, unit_embeddings, beta), dim=-1)
 
     # Positions per chunk of `SlotProjection`: about 2^23 fp32 slot values (32 MiB) per temporary.
     chunk_elements = 2**23
 
-    def forward(self, z: torch.Tensor, unit_embeddings: torch.Tensor) -> torch.Tensor:
-        """h = W_trans π + c: (B, L, d) fp32 → (B, L, D) in W_trans's dtype (the autocast dtype
-        under autocast).
+    def forward(self, z: torch.Tensor, unit_embeddings: torch.Tensor, beta=None) -> torch.Tensor:
+        """h = W_trans π + c: (B, L, d) fp32 → (B, L, D) in W_trans's dtype; `beta` as in `slot_logits`.
 
-        π is never stored at full size: [`SlotProjection`] runs over chunks of positions and
-        recomputes π in backward, so training keeps no (B, L, V+1) tensor for the backward pass.
+        The projection runs outside autocast, so under `torch.autocast(bfloat16)` with fp32 weights h
+        (the start of the residual stream) stays fp32, as in the authors' code, where the converter
+        runs outside autocast (reference/dsl_official.md §3.1). π is never stored at full size:
+        [`SlotProjection`] runs over chunks of positions and recomputes π in backward, so training
+        keeps no (B, L, V+1) tensor for the backward pass.
         """
         weight = self.backbone_embedding.weight
-        device_type = z.device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+        beta_value = self.beta if beta is None else self.effective_beta(beta, z.device)
         chunk_rows = max(1, self.chunk_elements // (self.vocab_size + 1))
-        return SlotProjection.apply(z, unit_embeddings, self.beta, self.logit_bias, weight,
-                                    self.backbone_embedding.bias, dtype, chunk_rows)
+        return SlotProjection.apply(z, unit_embeddings, beta_value, self.logit_bias, weight,
+                                    self.backbone_embedding.bias, weight.dtype, chunk_rows)
 
     @torch.no_grad()
     def init_from_embedding(self, embedding: torch.Tensor, mask_embedding: torch.Tensor) -> None:

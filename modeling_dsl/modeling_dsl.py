@@ -3,8 +3,10 @@
     ids ─E─► x ─(γ)─► z = γx + √γ ε ─converter─► h ─backbone (no time input)─► logits p_θ(s | z)
                                                      denoiser x̂(z) = p_θ(· | z) @ E
 
-A masked token is γ = 0 (z = 0, the converter's mask slot wins); a visible token is γ = snr_max.
-Only single-dot sibling imports: this folder is shipped flat as Hub remote code.
+A masked token is γ = 0 (z = 0, the converter's mask slot wins); a visible token is γ =
+`config.effective_visible_snr`. The backbone is reached only through the `DSLBackbone` interface
+(backbone_base.py) and the registry `BACKBONES`. Only single-dot sibling imports: this folder is
+shipped flat as Hub remote code.
 """
 
 import json
@@ -20,8 +22,9 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .backbone_mdlm import MDLMDiT, RotaryEmbedding
-from .configuration_dsl import DSLConfig
+from .backbone_base import DSLBackbone
+from .backbone_mdlm import MDLMDiT
+from .configuration_dsl import DSLConfig, warm_start_mask_bias
 from .converter_dsl import SoftmaxConverter, SphericalEmbedding
 from .generation_dsl import DSLGenerationConfig, DSLGenerationMixin
 from .noise_dsl import corrupt
@@ -29,7 +32,15 @@ from .sampling_dsl import posterior_mean
 
 logger = logging.getLogger(__name__)
 
-BACKBONES = {"mdlm_dit": MDLMDiT}
+# The one registry of backbones: backbone_type → DSLBackbone subclass.
+BACKBONES = {cls.backbone_type: cls for cls in (MDLMDiT,)}
+
+
+def backbone_class(backbone_type: str) -> type:
+    """The registered `DSLBackbone` subclass of `backbone_type`."""
+    if backbone_type not in BACKBONES:
+        raise ValueError(f"backbone_type must be one of {tuple(BACKBONES)}, got {backbone_type!r}")
+    return BACKBONES[backbone_type]
 
 
 @dataclass
@@ -75,13 +86,12 @@ class DSLPreTrainedModel(PreTrainedModel):
     base_model_prefix = "dsl"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["DDiTBlock"]
     _supports_sdpa = True
     # forward returns a per-micro-batch token mean; Trainer must divide by accumulation steps.
     accepts_loss_kwargs = False
 
     def _init_weights(self, module):
-        std = self.config.initializer_range
+        """DSL's own modules here; every other module by the backbone's `init_module`."""
         if isinstance(module, SphericalEmbedding):
             init.normal_(module.weight, mean=0.0, std=1.0)  # direction uniform on the sphere
         elif isinstance(module, SoftmaxConverter):
@@ -89,25 +99,24 @@ class DSLPreTrainedModel(PreTrainedModel):
             bias = torch.zeros_like(module.logit_bias)
             bias[-1] = self.config.effective_mask_bias_init
             init.copy_(module.logit_bias, bias)
-        elif isinstance(module, RotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq())
-        elif isinstance(module, nn.Linear):
-            # MDLM starts adaLN modulations and the final linear at zero: blocks begin as identity.
-            if getattr(module, "zero_init", False):
-                init.zeros_(module.weight)
-            else:
-                init.normal_(module.weight, mean=0.0, std=std)
+        elif module is self.converter.backbone_embedding:  # W_trans
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif "LayerNorm" in module.__class__.__name__:
-            init.ones_(module.weight)
+        else:  # the backbone's own module types (it ignores the others)
+            self.backbone.init_module(module)
 
 
 class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
     """A DSL diffusion LM: one SNR-invariant denoiser for every per-token SNR path.
 
     Submodules: `embed` (SphericalEmbedding, V×d), `converter` (SoftmaxConverter), `backbone`
-    (MDLM DiT; predicts the V real tokens).
+    (the `DSLBackbone` registered for `config.backbone_type`; predicts the V real tokens).
+
+    Precision: under `torch.autocast(bfloat16)` with fp32 weights the converter output, the
+    residual stream and the LM head stay fp32 (the softmaxes always are); only the backbone
+    blocks' matmuls run in bf16 — MDLM's residual convention and the authors' fp32 head
+    (reference/mdlm_remdm.md §1, dsl_official.md §4).
     """
 
     generation_config_class = DSLGenerationConfig
@@ -119,7 +128,9 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             config.vocab_size, config.noise_dim, config.hidden_size, config.effective_beta_init,
             config.effective_mask_bias_init, bias=config.converter_bias,
         )
-        self.backbone = BACKBONES[config.backbone_type](config)
+        backbone_cls = backbone_class(config.backbone_type)
+        self.backbone: DSLBackbone = backbone_cls(config)
+        self._no_split_modules = list(backbone_cls.no_split_modules)
         self.post_init()
 
     # ----------------------------------------------------------------- embeddings (PEFT, HF API)
@@ -128,7 +139,13 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         return self.converter
 
     def get_output_embeddings(self) -> nn.Module:
-        return self.backbone.output_layer.linear
+        return self.backbone.get_output_embeddings()
+
+    @property
+    def lora_target_modules(self) -> str:
+        """The backbone's default PEFT LoRA targets as a regular expression over this model's module
+        names (PEFT full-matches a string `target_modules`)."""
+        return rf"backbone\.(?:{self.backbone.lora_target_modules})"
 
     def noise_embeddings(self) -> torch.Tensor:
         """E: the unit-norm token embeddings, (V, d) fp32."""
@@ -136,19 +153,22 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
 
     # ----------------------------------------------------------------- the denoiser
     def default_snr(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """DESIGN convention: γ = 0 at mask (and padding) positions, γ = snr_max at visible tokens."""
+        """DESIGN convention: γ = 0 at mask (and padding) positions, γ = `config.effective_visible_snr`
+        at visible tokens (the SNR samplers feed visible tokens at)."""
         visible = input_ids != self.config.mask_token_id
         if attention_mask is not None:
             visible = visible & attention_mask.bool()
-        return visible.float() * self.config.snr_max
+        return visible.float() * self.config.effective_visible_snr
 
     def noisy_embeds_from_ids(self, input_ids, snr=None, attention_mask=None, generator=None, noise=True,
                               clean_mask=None):
         """z = γ·E[ids] + √γ·ε, returning (z (B, L, d) fp32, snr (B, L) fp32).
 
-        `clean_mask` (B, L) bool marks positions fed noise-free (z = γ·E[ids]): prompt tokens and
-        MDLM-visible tokens, as the samplers feed them. Noise is drawn for every position either
-        way, so the mask does not shift the random stream of the others.
+        `snr` must be finite and ≥ 0, and exactly 0 wherever `input_ids` holds the mask id or any id
+        outside [0, vocab_size) (E has no row there; such a position is masked) — otherwise
+        `ValueError` naming `snr`. `clean_mask` (B, L) bool marks positions fed noise-free
+        (z = γ·E[ids]): prompt tokens and MDLM-visible tokens, as the samplers feed them. Noise is
+        drawn for every position either way, so the mask does not shift the random stream of the others.
         """
         if snr is None:
             snr = self.default_snr(input_ids, attention_mask)
@@ -156,7 +176,8 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         if snr.dim() == 1 and snr.shape[0] == input_ids.shape[0] and input_ids.dim() == 2:
             snr = snr[:, None]  # one SNR per sequence
         snr = snr.expand(input_ids.shape)
-        ids = input_ids.clamp(0, self.config.vocab_size - 1)  # the mask id may lie outside E; γ = 0 there
+        self.check_snr(input_ids, snr)
+        ids = input_ids.clamp(0, self.config.vocab_size - 1)  # rows outside E are only read at γ = 0
         x = self.embed(ids)
         z = corrupt(x, snr, generator, noise=noise)
         if clean_mask is not None:
@@ -165,14 +186,39 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             z = torch.where(clean_mask.bool().unsqueeze(-1), snr.unsqueeze(-1) * x, z)
         return z, snr
 
-    def hidden_states(self, noisy_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Converter + backbone blocks: (B, L, d) → (B, L, D), before the LM head."""
-        h = self.converter(noisy_embeds, self.noise_embeddings())
+    def check_snr(self, input_ids: torch.Tensor, snr: torch.Tensor) -> None:
+        """Raise `ValueError` naming `snr` if it is NaN, infinite or negative anywhere, or nonzero at
+        a masked position (the mask id, or an id outside [0, vocab_size), which would otherwise be
+        embedded as another token)."""
+        if not bool(torch.isfinite(snr).all()):
+            raise ValueError("snr must be finite everywhere (no NaN or infinity)")
+        if bool((snr < 0).any()):
+            raise ValueError("snr must be >= 0 everywhere")
+        masked = (input_ids == self.config.mask_token_id) | (input_ids < 0) | (input_ids >= self.config.vocab_size)
+        bad = masked & (snr != 0)
+        if bool(bad.any()):
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"snr must be 0 at masked positions (input_ids equal to mask_token_id={self.config.mask_token_id} "
+                f"or outside [0, vocab_size={self.config.vocab_size})), got snr={snr[where].item():g} at position "
+                f"{where} holding id {int(input_ids[where])}"
+            )
+
+    def hidden_states(self, noisy_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                      beta=None) -> torch.Tensor:
+        """Converter + backbone blocks: (B, L, d) → (B, L, D), before the LM head.
+
+        `beta` (float or 0-d / (1,) tensor) replaces the converter's learned β for this call only
+        (DSL-LLaDA decodes with β_inf = 2·β_train); the weights are untouched.
+        """
+        h = self.converter(noisy_embeds, self.noise_embeddings(), beta=beta)
         return self.backbone(h, attention_mask)
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM head on any subset of positions: (..., D) → fp32 logits (..., V)."""
-        return self.backbone.logits(hidden)
+        """LM head on any subset of positions: (..., D) → fp32 logits (..., V). Runs outside
+        autocast on the (fp32) residual stream, as the authors' head (dsl_official.md §4)."""
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.backbone.logits(hidden).float()
 
     def forward(
         self,
@@ -189,8 +235,10 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
 
         Args:
             input_ids: (B, L) token ids; `mask_token_id` marks masked positions. Corrupted with
-                `snr` (default: 0 at masks and padding, `snr_max` elsewhere) and `generator`.
-            snr: per-token SNR, (B, L), (B,) or a scalar. Only with `input_ids`.
+                `snr` (default: 0 at masks and padding, `config.effective_visible_snr` elsewhere)
+                and `generator`.
+            snr: per-token SNR, (B, L), (B,) or a scalar; finite, ≥ 0, and 0 at masked positions
+                (else `ValueError`). Only with `input_ids`.
             noisy_embeds: (B, L, d) a ready z; replaces `input_ids` and `snr`.
             attention_mask: (B, L), 1 for real tokens, 0 for padding (padding keys are not attended).
             labels: (B, L) targets, -100 = not scored; padding positions are never scored.
@@ -240,16 +288,16 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
 
     @torch.no_grad()
     def denoise(self, noisy_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                posterior_top_k: Optional[int] = None) -> torch.Tensor:
+                posterior_top_k: Optional[int] = None, beta=None) -> torch.Tensor:
         """x̂(z) = Σ_v p_θ(v | z) e_v: the posterior-mean embedding, (B, L, d) fp32.
 
         `posterior_top_k` keeps only the k most likely tokens per position (renormalised), as
-        DSL-LLaDA's SDE sampler does with k = 512.
+        DSL-LLaDA's SDE sampler does with k = 512. `beta` as in `hidden_states`.
         """
-        logits = self.logits_from_hidden(self.hidden_states(noisy_embeds, attention_mask))
+        logits = self.logits_from_hidden(self.hidden_states(noisy_embeds, attention_mask, beta=beta))
         return posterior_mean(logits, self.noise_embeddings(), posterior_top_k)
 
-    # ----------------------------------------------------------------- conversion from MDLM
+    # ----------------------------------------------------------------- conversion from published checkpoints
     @classmethod
     def from_mdlm(cls, pretrained_model_name_or_path: str, preset: str = "paper", strict: bool = True,
                   revision: Optional[str] = None, **config_kwargs) -> "DSLForDiffusionLM":
@@ -259,45 +307,67 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         `model_length`, `dropout`) and the `backbone.*` safetensors. The DiT's tensors load
         one-to-one; the 50258×768 `vocab_embed` becomes the converter's W_trans (its last row,
         MDLM's [MASK], becomes the mask column); the output layer's mask row is dropped, so the
-        model predicts the V = vocab_size − 1 real tokens. The spherical embeddings, β and the
-        converter's logit bias start fresh from the `preset`.
+        model predicts the V = vocab_size − 1 real tokens. The spherical embeddings and β start
+        fresh from the `preset`; the mask bias starts at the warm start ln(99(V+1)) (unless
+        `mask_bias_init` is given), so the untrained model behaves like the MDLM it came from:
+        masks at γ = 0 and visible tokens at the preset's visible SNR reproduce MDLM's logits
+        (tests/test_presets.py). See `from_published`.
+        """
+        return cls.from_published(pretrained_model_name_or_path, "mdlm_dit", preset=preset, strict=strict,
+                                  revision=revision, **config_kwargs)
+
+    @classmethod
+    def from_published(cls, pretrained_model_name_or_path: str, backbone_type: str, preset: str = "paper",
+                       strict: bool = True, revision: Optional[str] = None,
+                       **config_kwargs) -> "DSLForDiffusionLM":
+        """Build a DSL model from a published checkpoint of a registered backbone's format.
+
+        The backbone reads the checkpoint's config and tensors (`config_from_published`,
+        `weights_from_published`); W_trans starts from the published input embedding and the
+        converter's mask bias from `warm_start_mask_bias(V)` = ln(99(V+1)), the authors' MDLM init
+        (reference/dsl_official.md §3.1), unless `mask_bias_init` is passed.
 
         Args:
             pretrained_model_name_or_path: local directory or Hub repo id.
+            backbone_type: a key of `BACKBONES`.
             preset: "paper" or "authors_code" (see `DSLConfig.preset_fields`).
             strict: raise `ValueError` listing missing, unexpected and mis-shaped keys.
             revision: Hub revision.
-            config_kwargs: further `DSLConfig` overrides.
+            config_kwargs: further `DSLConfig` fields; the ones read from the checkpoint cannot be
+                overridden (`ValueError`).
         """
+        backbone_cls = backbone_class(backbone_type)
         folder = resolve_checkpoint_dir(pretrained_model_name_or_path, revision)
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            mdlm_config = json.load(f)
+            published_config = json.load(f)
         state = load_safetensors_dir(folder)
-        if mdlm_config.get("time_conditioning", False):
-            logger.warning("This MDLM checkpoint was trained with time conditioning; DSL always feeds σ = 0.")
-        fields = mdlm_to_dsl_config(mdlm_config, state)
+        fields = backbone_cls.config_from_published(published_config, state)
         clash = sorted(set(fields) & set(config_kwargs))
         if clash:
-            raise ValueError(f"{clash} are read from the MDLM checkpoint and cannot be overridden")
+            raise ValueError(f"{clash} are read from the {backbone_cls.published_format} checkpoint and cannot be "
+                             "overridden")
+        config_kwargs.setdefault("mask_bias_init", warm_start_mask_bias(fields["vocab_size"]))
         config = DSLConfig.from_preset(preset, **fields, **config_kwargs)
         model = cls(config)
-        mapped, vocab_embed = map_mdlm_state_dict(state, config.mask_token_id)
-        expected = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+        weights = backbone_cls.weights_from_published(state, config)
+        mapped = weights.state_dict
+        expected = model.backbone.state_dict()
         report = compare_keys(expected, mapped)
+        report = {kind: [f"backbone.{name}" for name in names] for kind, names in report.items()}
+        report["unexpected"] = sorted(report["unexpected"] + list(weights.unexpected))
         if any(report.values()):
             message = "; ".join(f"{kind}: {names}" for kind, names in report.items() if names)
             if strict:
-                raise ValueError(f"MDLM checkpoint does not match the DSL backbone ({message})")
-            logger.warning("MDLM checkpoint mismatches (loaded the rest): %s", message)
+                raise ValueError(f"{backbone_cls.published_format} checkpoint does not match the DSL backbone "
+                                 f"({message})")
+            logger.warning("checkpoint mismatches (loaded the rest): %s", message)
             mapped = {k: v for k, v in mapped.items() if k in expected and expected[k].shape == v.shape}
-        model.load_state_dict(mapped, strict=False)
-        if vocab_embed is None:
-            raise ValueError("MDLM checkpoint has no backbone.vocab_embed.embedding to initialise the converter")
-        model.converter.init_from_embedding(vocab_embed, vocab_embed[config.mask_token_id])
+        model.backbone.load_state_dict(mapped, strict=False)
+        model.converter.init_from_embedding(weights.input_embedding, weights.mask_embedding)
         return model
 
 
-# --------------------------------------------------------------------------- MDLM checkpoint I/O
+# --------------------------------------------------------------------------- checkpoint I/O (any backbone)
 
 
 def resolve_checkpoint_dir(name_or_path: str, revision: Optional[str] = None) -> str:
@@ -325,51 +395,6 @@ def load_safetensors_dir(folder: str) -> dict:
     for shard in shards:
         state.update(load_file(os.path.join(folder, shard)))
     return state
-
-
-def mdlm_to_dsl_config(mdlm_config: dict, state: dict) -> dict:
-    """DSLConfig fields from an MDLM `config.json`. cond_dim comes from the weights when the json's
-    value disagrees (MDLMConfig's class default 129 is wrong for mdlm-owt)."""
-    required = ("vocab_size", "hidden_dim", "n_blocks", "n_heads", "model_length")
-    missing = [k for k in required if k not in mdlm_config]
-    if missing:
-        raise ValueError(f"MDLM config.json lacks fields {missing}")
-    cond_dim = mdlm_config.get("cond_dim")
-    sigma_w = state.get("backbone.sigma_map.mlp.0.weight")
-    if sigma_w is not None:
-        cond_dim = int(sigma_w.shape[0])
-    vocab_with_mask = int(mdlm_config["vocab_size"])
-    return dict(
-        backbone_type="mdlm_dit",
-        vocab_size=vocab_with_mask - 1,
-        mask_token_id=vocab_with_mask - 1,  # MDLM's mask id = len(GPT-2 tokenizer) = 50257
-        hidden_size=int(mdlm_config["hidden_dim"]),
-        num_hidden_layers=int(mdlm_config["n_blocks"]),
-        num_attention_heads=int(mdlm_config["n_heads"]),
-        cond_dim=int(cond_dim if cond_dim is not None else 128),
-        max_position_embeddings=int(mdlm_config["model_length"]),
-        dropout=float(mdlm_config.get("dropout", 0.1)),
-    )
-
-
-def map_mdlm_state_dict(state: dict, mask_token_id: int):
-    """MDLM `backbone.*` tensors → DSL keys. Returns (mapped dict, vocab_embed or None).
-
-    The output layer's mask row is dropped; `rotary_emb.inv_freq` is kept in fp32.
-    """
-    mapped, vocab_embed = {}, None
-    for key, tensor in state.items():
-        if key == "backbone.vocab_embed.embedding":
-            vocab_embed = tensor
-            continue
-        if key in ("backbone.output_layer.linear.weight", "backbone.output_layer.linear.bias"):
-            keep = torch.ones(tensor.shape[0], dtype=torch.bool)
-            keep[mask_token_id] = False
-            tensor = tensor[keep]
-        if key.endswith("rotary_emb.inv_freq"):
-            tensor = tensor.float()
-        mapped[key] = tensor
-    return mapped, vocab_embed
 
 
 def compare_keys(expected: dict, provided: dict) -> dict:

@@ -98,9 +98,14 @@ class SNRSampler:
 
     With `granularity="token"` every token independently is a ROAR token with probability
     `roar_prob`; a ROAR token is hidden or visible with probability ½ each. With
-    `granularity="sequence"` (the authors' code) a whole sequence is ROAR with probability
-    `roar_prob` and reveals k ~ U{0, …, L−1} random positions; other sequences get one LogNormal γ.
+    `granularity="sequence"` (the authors' code) whole rows are ROAR and reveal k ~ U{0, …, L−1}
+    random positions; every other row gets one LogNormal γ. Which rows are ROAR follows `row_rule`:
+    "bernoulli" — each row independently with probability `roar_prob`; "leading" — exactly the first
+    ⌊B·roar_prob⌋ rows of the batch (the authors' `mixed` path: ⌊B/4⌋ rows,
+    reference/dsl_official.md §5). The row rule needs sequence granularity.
     """
+
+    ROW_RULES = ("bernoulli", "leading")
 
     def __init__(
         self,
@@ -113,11 +118,16 @@ class SNRSampler:
         lognormal_mu: float = 1.65,
         lognormal_sigma: float = 0.9,
         clip: bool = False,
+        row_rule: str = "bernoulli",
     ):
         if roar_type not in ("smoothed", "atomic"):
             raise ValueError(f"roar_type must be 'smoothed' or 'atomic', got {roar_type!r}")
         if granularity not in ("token", "sequence"):
             raise ValueError(f"granularity must be 'token' or 'sequence', got {granularity!r}")
+        if row_rule not in self.ROW_RULES:
+            raise ValueError(f"row_rule must be one of {self.ROW_RULES}, got {row_rule!r}")
+        if row_rule != "bernoulli" and granularity != "sequence":
+            raise ValueError(f"row_rule={row_rule!r} needs granularity='sequence' (it picks whole ROAR rows)")
         if not 0.0 <= roar_prob <= 1.0:
             raise ValueError(f"roar_prob must be in [0, 1], got {roar_prob}")
         if not 0.0 <= snr_min < snr_max:
@@ -125,6 +135,7 @@ class SNRSampler:
         if lognormal_sigma <= 0:
             raise ValueError(f"lognormal_sigma must be > 0, got {lognormal_sigma}")
         self.roar_prob, self.roar_type, self.granularity = roar_prob, roar_type, granularity
+        self.row_rule = row_rule
         self.snr_min, self.snr_max, self.roar_c = snr_min, snr_max, roar_c
         self.mu, self.sigma, self.clip = lognormal_mu, lognormal_sigma, clip
 
@@ -135,6 +146,7 @@ class SNRSampler:
             roar_prob=config.roar_prob, roar_type=config.roar_type, granularity=config.snr_granularity,
             snr_min=config.snr_min, snr_max=config.snr_max, roar_c=config.roar_c,
             lognormal_mu=config.lognormal_mu, lognormal_sigma=config.lognormal_sigma, clip=config.snr_clip,
+            row_rule=config.roar_row_rule,
         )
 
     def lognormal(self, shape, generator=None, device=None) -> torch.Tensor:
@@ -152,6 +164,13 @@ class SNRSampler:
         visible_snr = self.roar_c * self.snr_max + u * (1.0 - self.roar_c) * self.snr_max
         return torch.where(visible, visible_snr, hidden_snr)
 
+    def roar_rows(self, batch_size: int, generator=None, device=None) -> torch.Tensor:
+        """(B, 1) bool: the ROAR rows of a batch under `row_rule`."""
+        if self.row_rule == "leading":
+            count = math.floor(batch_size * self.roar_prob)  # the authors' B // 4 for roar_prob = 1/4
+            return (torch.arange(batch_size, device=device) < count)[:, None]
+        return rand((batch_size, 1), generator, device) < self.roar_prob
+
     def sample(self, batch_size: int, seq_len: int, generator=None, device=None, return_roar_mask=False):
         """Draw SNRs of shape (batch_size, seq_len), fp32.
 
@@ -163,7 +182,7 @@ class SNRSampler:
             visible = rand(shape, generator, device) < 0.5
             snr = torch.where(is_roar, self.roar_endpoints(visible, generator), self.lognormal(shape, generator, device))
         else:
-            is_roar = (rand((batch_size, 1), generator, device) < self.roar_prob).expand(shape)
+            is_roar = self.roar_rows(batch_size, generator, device).expand(shape)
             # k ~ U{0..L-1} revealed positions per sequence, at uniformly random places.
             k = (rand((batch_size, 1), generator, device) * seq_len).floor()
             rank = rand(shape, generator, device).argsort(dim=1).argsort(dim=1)

@@ -40,6 +40,7 @@ import transformers  # noqa: E402
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed  # noqa: E402
 
 from modeling_dsl import DSLConfig, DSLForDiffusionLM  # noqa: E402
+from modeling_dsl.configuration_dsl import SNR_PRESETS  # noqa: E402
 from trainers.data import (  # noqa: E402
     detokenize_wikitext,
     load_raw_dataset,
@@ -51,14 +52,14 @@ from trainers.dsl_trainer import OBJECTIVES, DSLTrainer, EMACallback  # noqa: E4
 
 logger = logging.getLogger("continue_pretrain")
 
-SNR_FIELDS = ("snr_preset", "snr_granularity", "roar_type", "roar_prob", "snr_max", "lognormal_mu",
-              "lognormal_sigma")
+# The training-time fields of a preset (SNR distribution and visible SNR) that --snr_preset applies
+# to a loaded checkpoint. β₀ and the mask bias are not among them: they are already learned weights
+# (the config then records snr_preset "custom" when they differ from the preset's).
+SNR_FIELDS = ("snr_preset", "snr_granularity", "roar_row_rule", "roar_type", "roar_prob", "snr_max", "snr_min",
+              "roar_c", "lognormal_mu", "lognormal_sigma", "snr_clip", "visible_snr")
 # Fields --config_overrides may change on a loaded checkpoint: training-time settings only. The
 # others describe the weights (shapes, init) and would make the saved config disagree with them.
-TRAINING_FIELDS = SNR_FIELDS + ("snr_min", "roar_c", "snr_clip", "dropout")
-# LoRA on the DiT blocks' linears only: a plain name list like "mlp.0" also matches the constant
-# σ-embedder `backbone.sigma_map.mlp.0` (PEFT matches name suffixes).
-DEFAULT_LORA_TARGETS = r".*blocks\.\d+\.(attn_qkv|attn_out|mlp\.0|mlp\.2)"
+TRAINING_FIELDS = SNR_FIELDS + ("dropout",)
 
 
 @dataclass
@@ -73,8 +74,9 @@ class ModelArguments:
         metadata={"help": "Comma-separated DSLConfig fields, e.g. 'hidden_size=256,num_hidden_layers=4'. Alone: "
                           "build a fresh model (vocab_size defaults to the tokenizer's)."})
     snr_preset: Optional[str] = field(
-        default=None, metadata={"help": "Training SNR distribution preset: 'paper' or 'authors_code' "
-                                        "(default: the checkpoint's; 'paper' for fresh models)."})
+        default=None, metadata={"help": "Preset: 'paper' or 'authors_code' (training SNR distribution, visible SNR; "
+                                        "converter init for new models). Default: the checkpoint's; 'paper' for "
+                                        "fresh and MDLM-converted models."})
     objective: str = field(default="dsl", metadata={"help": f"Training objective, one of {OBJECTIVES}."})
     freeze_lm_head: bool = field(default=False, metadata={"help": "Freeze the output layer (LM head)."})
     freeze_embeddings: bool = field(
@@ -84,11 +86,11 @@ class ModelArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(
-        default=DEFAULT_LORA_TARGETS,
+    lora_target_modules: Optional[str] = field(
+        default=None,
         metadata={"help": "LoRA targets: a regular expression over full module names (PEFT full match) when it "
                           "contains one of '*\\()|', else comma-separated module-name suffixes. Default: the "
-                          "attention and MLP linears of every DiT block."})
+                          "backbone's own targets (MDLM DiT: the attention and MLP linears of every block)."})
     lora_modules_to_save: str = field(
         default="converter", metadata={"help": "Comma-separated modules trained fully and stored in the adapter."})
     ema_decay: Optional[float] = field(
@@ -156,15 +158,15 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments) -> Non
         raise ValueError("pass --model_name_or_path, --mdlm_checkpoint or --config_overrides (fresh model)")
     if model_args.objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {OBJECTIVES}, got {model_args.objective!r}")
-    if model_args.snr_preset not in (None, "paper", "authors_code"):
-        raise ValueError(f"--snr_preset must be 'paper' or 'authors_code', got {model_args.snr_preset!r}")
+    if model_args.snr_preset not in (None,) + SNR_PRESETS:
+        raise ValueError(f"--snr_preset must be one of {SNR_PRESETS}, got {model_args.snr_preset!r}")
     if model_args.use_lora and (model_args.train_converter_only or model_args.freeze_lm_head
                                 or model_args.freeze_embeddings):
         raise ValueError("--use_lora already freezes the base model; drop --train_converter_only / --freeze_*")
     if model_args.use_lora and not model_args.model_name_or_path:
         raise ValueError("--use_lora needs --model_name_or_path (a saved DSL checkpoint the adapter can be loaded "
                          "onto); convert an MDLM checkpoint first with scripts/convert_checkpoint.py")
-    if not model_args.use_lora and model_args.lora_target_modules != DEFAULT_LORA_TARGETS:
+    if not model_args.use_lora and model_args.lora_target_modules is not None:
         raise ValueError("--lora_target_modules is only used with --use_lora")
     if data_args.dataset_name and data_args.train_file:
         raise ValueError("pass only one of --train_file and --dataset_name")
@@ -195,6 +197,7 @@ def build_model(model_args: ModelArguments, tokenizer) -> DSLForDiffusionLM:
         model = DSLForDiffusionLM.from_pretrained(model_args.model_name_or_path)
         snr = DSLConfig.preset_fields(model_args.snr_preset, model.config.vocab_size) if model_args.snr_preset else {}
         # Only the training-time SNR fields: β and the mask bias are already learned weights.
+        # validate_fields() records snr_preset "custom" if the result is not the preset exactly.
         fixed = sorted(set(overrides) - set(TRAINING_FIELDS))
         if fixed:
             raise ValueError(f"--config_overrides can only change training-time fields {TRAINING_FIELDS} of a "
@@ -233,7 +236,7 @@ def apply_training_mode(model, model_args: ModelArguments):
 
         lora = LoraConfig(
             r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-            target_modules=lora_targets(model_args.lora_target_modules),
+            target_modules=lora_targets(model_args.lora_target_modules or model.lora_target_modules),
             modules_to_save=[m.strip() for m in model_args.lora_modules_to_save.split(",") if m.strip()] or None,
             task_type=None,
         )

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Convert a published MDLM checkpoint (`kuleshov-group/mdlm-owt` format) into a DSL checkpoint.
 
-The output folder loads anywhere with
+The converted, untrained model behaves like the MDLM it came from (masks at γ = 0, visible tokens
+at the preset's visible SNR; the converter's mask bias starts at ln(99(V+1)), the authors' MDLM
+init). The output folder loads anywhere with
 `AutoModel.from_pretrained(out, trust_remote_code=True)` (code files are written beside the
 weights) and is the usual starting point of `scripts/continue_pretrain.py`.
 
@@ -47,8 +49,10 @@ def main(argv=None):
 
         AutoTokenizer.from_pretrained(args.tokenizer).save_pretrained(args.output)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.output}: {n_params / 1e6:.1f}M parameters, preset {args.preset}, "
-          f"V={model.config.vocab_size}, mask id {model.config.mask_token_id}")
+    config = model.config
+    print(f"wrote {args.output}: {n_params / 1e6:.1f}M parameters, preset {config.snr_preset}, "
+          f"V={config.vocab_size}, mask id {config.mask_token_id}, mask bias {config.effective_mask_bias_init:.2f} "
+          f"(MDLM warm start), visible SNR {config.effective_visible_snr:g}")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,49 @@ def cyclic_support(num_tokens: int) -> torch.Tensor:
     """The paper's cyclic toy: all K cyclic shifts of (0, …, K−1), shape (K, K); row s = shift s."""
     base = torch.arange(num_tokens)
     return torch.stack([(base + s) % num_tokens for s in range(num_tokens)])
+
+
+# ----------------------------------------------------------------------------- ReMDM, scalar readings
+# The official ReMDM formulas one time step at a time; the samplers use their tensor form
+# (`sampling_dsl._remdm_row_rates`), which the tests compare with these.
+
+
+def remdm_loop_schedule(t: float, dt: float, t_on: float, t_off: float, alpha_on: float):
+    """ReMDM-loop's (phase, α_t, α_s) at grid time t with s = t − dt (official code).
+
+    phase 1 (t > t_on): MDLM on α(t) = (1 − t)·α_on/(1 − t_on);
+    phase 2 (t_off < t ≤ t_on): α frozen at α_on, remasking with σ = η;
+    phase 3 (t ≤ t_off): MDLM on α(t) = 1 − t·(1 − α_on)/t_off.
+    α_s uses the formula of t's phase even when s crosses into the next phase (as the code does).
+    """
+    s = t - dt
+    if t > t_on:
+        return 1, (1 - t) * alpha_on / (1 - t_on), (1 - s) * alpha_on / (1 - t_on)
+    if t <= t_off:
+        return 3, 1 - t * (1 - alpha_on) / t_off, 1 - s * (1 - alpha_on) / t_off
+    return 2, alpha_on, alpha_on
+
+
+def remdm_sigma(mode: str, alpha_s: float, alpha_t: float, eta: float):
+    """The ReMDM remasking probability σ_t for "mdlm" (0), "cap" and "rescale" and the scale
+    σ_max = min(1, (1 − α_s)/α_t) that "conf" multiplies by its per-token weights.
+
+    cap: min(η, (1 − α_s)/α_t); rescale: η·min(1, (1 − α_s)/α_t); at α_t = 0 the code uses
+    σ = η (cap) and σ_max = 1 (rescale, conf).
+    """
+    if mode == "mdlm":
+        return 0.0
+    if mode == "cap":
+        return min(eta, (1 - alpha_s) / alpha_t) if alpha_t > 0 else eta
+    sigma_max = min(1.0, (1 - alpha_s) / alpha_t) if alpha_t > 0 else 1.0
+    if mode == "rescale":
+        return eta * sigma_max
+    if mode == "conf":
+        return sigma_max
+    raise ValueError(f"remdm mode must be one of ('mdlm', 'cap', 'rescale', 'conf') here, got {mode!r}")
+
+
+def remdm_unmask_prob(alpha_s: float, alpha_t: float, sigma):
+    """Probability that a masked position is unmasked (then drawn from p_θ):
+    (α_s − (1 − σ)α_t)/(1 − α_t); the mask keeps (1 − α_s − σα_t)/(1 − α_t). σ = 0 is MDLM."""
+    return (alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t)

@@ -67,13 +67,15 @@ def test_defaults_are_the_paper_values_and_derived_quantities():
 DOCUMENTED_PRESET_DIFFERENCES = {
     "snr_preset": ("paper", "authors_code"),
     "snr_granularity": ("token", "sequence"),
+    "roar_row_rule": ("bernoulli", "leading"),
     "roar_type": ("smoothed", "atomic"),
     "roar_prob": (0.1, 0.25),
     "snr_max": (50.0, 100.0),
-    "lognormal_mu": (1.65, 2.69),
-    "lognormal_sigma": (0.9, 1.41),
+    "lognormal_mu": (1.65, 4.0),
+    "lognormal_sigma": (0.9, 1.5),
     "beta_init": (1.0, None),
     "mask_bias_init": (None, math.log(99 * 50258)),
+    "visible_snr": (50.0, 100 * math.log(50257) / math.log(35)),
 }
 
 
@@ -86,7 +88,9 @@ def test_presets_differ_exactly_in_the_documented_fields():
         assert paper[key] == p
         assert authors[key] == pytest.approx(a) if isinstance(a, float) else authors[key] == a
     assert DSLConfig.from_preset("authors_code", noise_dim=64).effective_beta_init == 0.125
-    assert DSLConfig().to_dict() == paper  # "paper" is the default
+    # "paper" is the default; its visible SNR is written out, the default's None means snr_max = 50
+    default = DSLConfig()
+    assert {**default.to_dict(), "visible_snr": 50.0} == paper and default.effective_visible_snr == 50.0
     with pytest.raises(ValueError, match="preset"):
         DSLConfig.from_preset("mdlm")
 

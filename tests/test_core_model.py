@@ -24,7 +24,9 @@ def test_default_snr_convention_mask_is_zero_visible_is_snr_max():
     assert torch.count_nonzero(z[0, 1]) == 0 and torch.count_nonzero(z[0, 3]) == 0
     z_clean, _ = model.noisy_embeds_from_ids(ids, noise=False)
     torch.testing.assert_close(z_clean[0, 0], 50.0 * model.noise_embeddings()[1])
-    # per-sequence SNR broadcast, and the forward uses exactly this corruption
+    # per-sequence SNR broadcast, and the forward uses exactly this corruption (no mask id in the row:
+    # a nonzero SNR at a mask id is an error)
+    ids = torch.tensor([[1, 2, 3, 4]])
     out = model(input_ids=ids, snr=torch.tensor([7.0]), generator=torch.Generator().manual_seed(0))
     z7, _ = model.noisy_embeds_from_ids(ids, snr=torch.tensor([7.0]), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.logits, model(noisy_embeds=z7).logits)

@@ -24,11 +24,12 @@ from modeling_dsl.noise_dsl import snr_schedule
 VISIBLE_SNR = 50.0
 
 
-def straightforward_converter(self, z, unit_embeddings):
+def straightforward_converter(self, z, unit_embeddings, beta=None):
     """The converter before issue 17: π materialised, autograd through softmax and projection."""
-    probs = self.slot_probs(z, unit_embeddings)
+    probs = self.slot_probs(z, unit_embeddings, beta)
     weight = self.backbone_embedding.weight
-    return F.linear(probs.to(weight.dtype), weight, self.backbone_embedding.bias)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        return F.linear(probs.to(weight.dtype), weight, self.backbone_embedding.bias)
 
 
 def training_step(straightforward: bool, monkeypatch, freeze=(), chunk_elements=7 * 51):
@@ -66,17 +67,18 @@ def test_recomputing_converter_gives_the_same_loss_and_gradients(monkeypatch, fr
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-6, atol=1e-6, msg=name)
 
 
-def test_recomputing_converter_under_bf16_autocast_matches_the_straightforward_dtype_and_values(monkeypatch):
+@pytest.mark.parametrize("beta", [None, 2.5])
+def test_recomputing_converter_matches_under_bf16_autocast_and_with_an_inference_beta(monkeypatch, beta):
     model = tiny_model(seed=1, weight_std=0.1)
     z = torch.randn(2, 6, 8) * 3
     unit = model.noise_embeddings()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        h = model.converter(z, unit)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model.converter(z, unit, beta=beta)
         with monkeypatch.context() as patch:
             patch.setattr(SoftmaxConverter, "forward", straightforward_converter)
-            ref = model.converter(z, unit)
-    assert h.dtype == ref.dtype == torch.bfloat16
-    torch.testing.assert_close(h.float(), ref.float(), rtol=1e-2, atol=1e-2)
+            ref = model.converter(z, unit, beta=beta)
+    assert h.dtype == ref.dtype == torch.float32  # the projection runs outside autocast
+    torch.testing.assert_close(h, ref, rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- samplers

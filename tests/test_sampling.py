@@ -14,7 +14,7 @@ from scipy.stats import chisquare
 
 from modeling_dsl import sampling_dsl as S
 from modeling_dsl.noise_dsl import snr_schedule, token_posterior
-from oracles import ExactSequenceDenoiser, cyclic_support
+from oracles import ExactSequenceDenoiser, cyclic_support, remdm_loop_schedule, remdm_sigma, remdm_unmask_prob
 
 NUM_SAMPLES = 600
 ALPHA = 0.01
@@ -273,12 +273,12 @@ SIGMA_TABLE = [
 @pytest.mark.parametrize("alpha_s,alpha_t,eta,cap,rescale,sigma_max,unmask_mdlm,unmask_cap", SIGMA_TABLE)
 def test_remdm_sigma_matches_hand_computed_values(alpha_s, alpha_t, eta, cap, rescale, sigma_max, unmask_mdlm,
                                                   unmask_cap):
-    assert S.remdm_sigma("cap", alpha_s, alpha_t, eta) == pytest.approx(cap)
-    assert S.remdm_sigma("rescale", alpha_s, alpha_t, eta) == pytest.approx(rescale)
-    assert S.remdm_sigma("conf", alpha_s, alpha_t, eta) == pytest.approx(sigma_max)
-    assert S.remdm_sigma("mdlm", alpha_s, alpha_t, eta) == 0.0
-    assert S.remdm_unmask_prob(alpha_s, alpha_t, 0.0) == pytest.approx(unmask_mdlm)
-    assert S.remdm_unmask_prob(alpha_s, alpha_t, cap) == pytest.approx(unmask_cap)
+    assert remdm_sigma("cap", alpha_s, alpha_t, eta) == pytest.approx(cap)
+    assert remdm_sigma("rescale", alpha_s, alpha_t, eta) == pytest.approx(rescale)
+    assert remdm_sigma("conf", alpha_s, alpha_t, eta) == pytest.approx(sigma_max)
+    assert remdm_sigma("mdlm", alpha_s, alpha_t, eta) == 0.0
+    assert remdm_unmask_prob(alpha_s, alpha_t, 0.0) == pytest.approx(unmask_mdlm)
+    assert remdm_unmask_prob(alpha_s, alpha_t, cap) == pytest.approx(unmask_cap)
     # The per-row tensor form the sampler uses agrees (t = 1 − α_t, dt = α_s − α_t).
     t = torch.tensor([1.0 - alpha_t], dtype=torch.float64)
     dt = torch.tensor([alpha_s - alpha_t], dtype=torch.float64)
@@ -292,27 +292,27 @@ def test_remdm_sigma_matches_hand_computed_values(alpha_s, alpha_t, eta, cap, re
 
 def test_remdm_loop_phases_switch_at_t_on_and_t_off():
     t_on, t_off, alpha_on, dt = 0.55, 0.05, 0.9, 0.01
-    phase, a_t, a_s = S.remdm_loop_schedule(0.56, dt, t_on, t_off, alpha_on)
+    phase, a_t, a_s = remdm_loop_schedule(0.56, dt, t_on, t_off, alpha_on)
     assert phase == 1
     assert a_t == pytest.approx(0.44 * 0.9 / 0.45) and a_s == pytest.approx(0.45 * 0.9 / 0.45)
-    assert S.remdm_loop_schedule(0.55, dt, t_on, t_off, alpha_on) == (2, 0.9, 0.9)
-    assert S.remdm_loop_schedule(0.051, dt, t_on, t_off, alpha_on)[0] == 2
-    phase, a_t, a_s = S.remdm_loop_schedule(0.05, dt, t_on, t_off, alpha_on)
+    assert remdm_loop_schedule(0.55, dt, t_on, t_off, alpha_on) == (2, 0.9, 0.9)
+    assert remdm_loop_schedule(0.051, dt, t_on, t_off, alpha_on)[0] == 2
+    phase, a_t, a_s = remdm_loop_schedule(0.05, dt, t_on, t_off, alpha_on)
     assert phase == 3
     assert a_t == pytest.approx(1 - 0.05 * 0.1 / 0.05) and a_s == pytest.approx(1 - 0.04 * 0.1 / 0.05)
-    assert S.remdm_loop_schedule(1.0, dt, t_on, t_off, alpha_on)[1] == pytest.approx(0.0)
+    assert remdm_loop_schedule(1.0, dt, t_on, t_off, alpha_on)[1] == pytest.approx(0.0)
     # In the loop phase the masked fraction stays at 1 − α_on: unmask rate η·α_on/(1 − α_on).
-    assert S.remdm_unmask_prob(0.9, 0.9, 0.02) == pytest.approx(0.02 * 0.9 / 0.1)
+    assert remdm_unmask_prob(0.9, 0.9, 0.02) == pytest.approx(0.02 * 0.9 / 0.1)
     # The sampler's per-row tensor form follows the same phases.
     eta = 0.02
     times = [1.0, 0.56, 0.55, 0.3, 0.051, 0.05, 0.03]
     sigma, unmask = S._remdm_row_rates("loop", torch.tensor(times, dtype=torch.float64), torch.tensor(dt), eta,
                                        t_on, t_off, alpha_on)
     for t, got_sigma, got_unmask in zip(times, sigma.tolist(), unmask.tolist()):
-        phase, a_t, a_s = S.remdm_loop_schedule(t, dt, t_on, t_off, alpha_on)
+        phase, a_t, a_s = remdm_loop_schedule(t, dt, t_on, t_off, alpha_on)
         want_sigma = eta if phase == 2 else 0.0
         assert got_sigma == pytest.approx(want_sigma), t
-        assert got_unmask == pytest.approx(S.remdm_unmask_prob(a_s, a_t, want_sigma)), t
+        assert got_unmask == pytest.approx(remdm_unmask_prob(a_s, a_t, want_sigma)), t
 
 
 def test_eta_cap_interpolates_between_and_clamps_outside_the_eq24_table():

@@ -64,7 +64,7 @@ def test_sensitive_schedule_is_dsl_llada_three_pieces(steps):
 
 
 @pytest.mark.parametrize("args, names", [
-    ((8, 0.01, 50.0), "snr_max"),    # the paper preset's γ_max = 50: used to fall back to geometric
+    ((8, 0.01, 50.0), "snr_max"),    # the paper preset's γ_max = 50 cannot end the sensitive grid
     ((8, 0.01, 74.0), "snr_max"),
     ((8, 7.0, 100.0), "snr_min"),
     ((1, 0.01, 100.0), "steps"),

@@ -5,16 +5,16 @@ Per micro-batch, `compute_loss`
 1. draws a per-token SNR γ for every position from the model config's mixture (ROAR endpoints with
    probability 1/k, LogNormal otherwise) through `modeling_dsl.noise_dsl.SNRSampler` — the one
    sampler of the project;
-2. keeps prompt tokens of prompt/response rows clean — γ = γ_max and noise-free, z = γ_max·x,
-   exactly as the samplers feed a prompt — and gives padding γ = 0 (padding keys are never
-   attended to);
+2. keeps prompt tokens of prompt/response rows clean — at the config's visible SNR γ_vis
+   (`effective_visible_snr`) and noise-free, z = γ_vis·x, exactly as the samplers feed a prompt —
+   and gives padding γ = 0 (padding keys are never attended to);
 3. runs the model with `snr=` and `clean_mask=`: spherical embedding → z = γx + √γ ε →
    converter → backbone;
 4. takes the token-mean cross-entropy (nats) over every non-pad, non-prompt position.
 
 `objective="mdlm"` trains the masked-diffusion baseline with the same model, data and code: MDLM's
 log-linear schedule (eps = 1e-3), antithetic (stratified) t per row, each target token masked
-(γ = 0) with probability (1 − eps)·t, the rest visible (γ = γ_max, noise-free: MDLM's one-hot
+(γ = 0) with probability (1 − eps)·t, the rest visible (γ = γ_vis, noise-free: MDLM's one-hot
 inputs); loss = Σ_masked CE/t divided by the number of target tokens, as MDLM reduces it.
 
 Noise is reproducible: each micro-batch gets a `torch.Generator` seeded from (`args.seed`,
@@ -100,11 +100,17 @@ def target_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor, targets:
     `[PAD]` id ≥ V); they are ignored, never indexed. A target id outside [0, V) is an error.
     """
     vocab = logits.shape[-1]
+    check_target_ids(input_ids, targets, vocab)
     labels = input_ids.masked_fill(~targets, -100)
-    if bool(((labels >= vocab) | ((labels < 0) & (labels != -100))).any()):
-        raise ValueError(f"input_ids hold target token ids outside the model's vocabulary [0, {vocab})")
     per_token = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
     return per_token.view(input_ids.shape)
+
+
+def check_target_ids(input_ids: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> None:
+    """Raise `ValueError` if a target position holds an id outside [0, vocab_size)."""
+    ids = input_ids[targets]
+    if bool(((ids < 0) | (ids >= vocab_size)).any()):
+        raise ValueError(f"input_ids hold target token ids outside the model's vocabulary [0, {vocab_size})")
 
 
 def seed_from(*parts: int) -> int:
@@ -345,14 +351,14 @@ class DSLTrainer(Trainer):
 
         Returns (snr (B, L) fp32; weights (B, L) fp32, 0 where a position does not count; the
         number of target tokens the loss is divided by; clean (B, L) bool, positions fed
-        noise-free, z = γ_max·x: prompt tokens, and MDLM's visible tokens, exactly as the samplers
-        feed them at inference).
+        noise-free, z = γ_vis·x at the config's visible SNR: prompt tokens, and MDLM's visible
+        tokens, exactly as the samplers feed them at inference).
         """
         input_ids, valid, prompt, _ = self._masks(inputs)
         batch, length = input_ids.shape
         device = input_ids.device
         targets = valid & ~prompt
-        snr_max = float(self.dsl_config.snr_max)
+        visible_snr = float(self.dsl_config.effective_visible_snr)
         if self.objective == "dsl":
             snr = self.snr_sampler.sample(batch, length, generator=generator, device=device)
             weights = targets.float()
@@ -360,10 +366,10 @@ class DSLTrainer(Trainer):
         else:
             t, masked = mdlm_masking(batch, length, generator, device, self.mdlm_eps)
             masked = masked & targets
-            snr = torch.where(masked, torch.zeros((), device=device), torch.full((), snr_max, device=device))
+            snr = torch.where(masked, torch.zeros((), device=device), torch.full((), visible_snr, device=device))
             weights = masked.float() / t[:, None]
             clean = valid & ~masked
-        snr = torch.where(prompt, torch.full_like(snr, snr_max), snr)
+        snr = torch.where(prompt, torch.full_like(snr, visible_snr), snr)
         snr = torch.where(valid, snr, torch.zeros_like(snr))
         return snr, weights, targets.sum(), clean
 
@@ -371,6 +377,8 @@ class DSLTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Algorithm 1 (or the MDLM objective) on one micro-batch; a token mean in nats."""
         input_ids, valid, prompt, model_mask = self._masks(inputs)
+        # before the model sees them: a target id outside E would otherwise meet its SNR check first
+        check_target_ids(input_ids, valid & ~prompt, self.dsl_config.vocab_size)
         generator = self.noise_generator(input_ids.device, training=model.training)
         snr, weights, n_targets, clean = self.corrupt_batch(inputs, generator)
         outputs = model(input_ids=input_ids, snr=snr, attention_mask=model_mask, generator=generator,
@@ -426,7 +434,7 @@ class DSLTrainer(Trainer):
     def fixed_snr_metrics(self, dataloader, prefix: str = "eval") -> dict[str, float]:
         """CE (nats) and token accuracy with every target token at each SNR of `eval_snrs`.
 
-        Prompt tokens stay at γ_max and padding is ignored, as in training.
+        Prompt tokens stay at the visible SNR (noise-free) and padding is ignored, as in training.
         """
         model = self.model
         was_training = model.training
@@ -435,7 +443,7 @@ class DSLTrainer(Trainer):
         ce_sum = torch.zeros(n, dtype=torch.float64, device=self.args.device)
         hit_sum = torch.zeros(n, dtype=torch.float64, device=self.args.device)
         count = torch.zeros((), dtype=torch.float64, device=self.args.device)
-        snr_max = float(self.dsl_config.snr_max)
+        visible_snr = float(self.dsl_config.effective_visible_snr)
         for b, inputs in enumerate(dataloader):
             if self.eval_max_batches is not None and b >= self.eval_max_batches:
                 break
@@ -445,7 +453,7 @@ class DSLTrainer(Trainer):
             count += targets.sum()
             for i, gamma in enumerate(self.eval_snrs):
                 snr = torch.full(input_ids.shape, gamma, device=input_ids.device)
-                snr = torch.where(prompt, torch.full_like(snr, snr_max), snr)
+                snr = torch.where(prompt, torch.full_like(snr, visible_snr), snr)
                 snr = torch.where(valid, snr, torch.zeros_like(snr))
                 generator = torch.Generator(device=input_ids.device)
                 generator.manual_seed(seed_from(self.args.seed, 2, b, i, self.args.process_index))
