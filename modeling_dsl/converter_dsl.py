@@ -41,6 +41,97 @@ class SphericalEmbedding(nn.Module):
         return F.normalize(F.embedding(input_ids, self.weight).float(), dim=-1)
 
 
+class SlotProjection(torch.autograd.Function):
+    """h = W_trans · softmax(β z Kᵀ + b) + c, K = [E; 0], without keeping π for backward.
+
+    The straightforward autograd graph keeps the fp32 (…, V+1) slot probabilities π for the
+    softmax and projection backwards and builds their gradients at full size; at V = 50k that
+    dominates a training step's memory. Here forward and backward walk the positions in chunks
+    of `chunk_rows` rows and backward recomputes each chunk's π, so only z, E and the parameters
+    are saved (O(B·L·d) besides the weights) and the (chunk, V+1) temporaries are bounded.
+    Gradients (z, E, β, b, W_trans, c) equal the straightforward path's up to float rounding.
+
+    Args (of `apply`): z (…, d); unit_embeddings E (V, d); beta (1,); logit_bias (V+1,);
+    weight W_trans (D, V+1); bias c (D,) or None; dtype: the projection's matmul dtype (the
+    slot logits and softmax run in fp32 always); chunk_rows: positions per chunk.
+    Returns h (…, D) in `dtype`.
+    """
+
+    @staticmethod
+    def _probs(scaled: torch.Tensor, keys: torch.Tensor, logit_bias: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(F.linear(scaled, keys, logit_bias), dim=-1)
+
+    @staticmethod
+    def forward(ctx, z, unit_embeddings, beta, logit_bias, weight, bias, dtype, chunk_rows):
+        flat = z.reshape(-1, z.shape[-1])
+        out = torch.empty(*z.shape[:-1], weight.shape[0], dtype=dtype, device=z.device)
+        out_flat = out.view(-1, weight.shape[0])  # the output itself is no view (callers may write into it)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            keys = F.pad(unit_embeddings.float(), (0, 0, 0, 1))  # (V+1, d), last row = mask key 0
+            w, c, b, beta_f = weight.to(dtype), None if bias is None else bias.to(dtype), logit_bias.float(), beta.float()
+            for lo in range(0, flat.shape[0], chunk_rows):
+                probs = SlotProjection._probs(flat[lo : lo + chunk_rows].float() * beta_f, keys, b)
+                out_flat[lo : lo + chunk_rows] = F.linear(probs.to(dtype), w, c)
+        ctx.save_for_backward(z, unit_embeddings, beta, logit_bias, weight, bias)
+        ctx.dtype, ctx.chunk_rows = dtype, chunk_rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, unit_embeddings, beta, logit_bias, weight, bias = ctx.saved_tensors
+        need_z, need_e, need_beta, need_b, need_w, need_c = ctx.needs_input_grad[:6]
+        dtype, chunk_rows = ctx.dtype, ctx.chunk_rows
+        flat = z.reshape(-1, z.shape[-1])
+        grad_flat = grad_out.reshape(-1, grad_out.shape[-1])
+        need_logits = need_z or need_e or need_beta or need_b
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            keys = F.pad(unit_embeddings.float(), (0, 0, 0, 1))
+            w, b, beta_f = weight.to(dtype), logit_bias.float(), beta.float()
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=z.device) if need_w else None
+            grad_keys = torch.zeros_like(keys) if need_e else None
+            grad_b = torch.zeros_like(b) if need_b else None
+            grad_z = torch.empty(flat.shape, dtype=torch.float32, device=z.device) if need_z else None
+            grad_beta = torch.zeros((), dtype=torch.float32, device=z.device)
+            for lo in range(0, flat.shape[0], chunk_rows):
+                rows = slice(lo, lo + chunk_rows)
+                z_rows = flat[rows].float()
+                scaled = z_rows * beta_f
+                probs = SlotProjection._probs(scaled, keys, b)
+                g_out = grad_flat[rows].to(dtype)
+                if need_w and dtype == torch.float32:
+                    grad_w.addmm_(g_out.t(), probs)
+                elif need_w:
+                    grad_w += (g_out.t() @ probs.to(dtype)).float()
+                if not need_logits:
+                    continue
+                g_probs = (g_out @ w).float()  # (m, V+1)
+                g_logits = probs * (g_probs - (g_probs * probs).sum(dim=-1, keepdim=True))  # softmax backward
+                del probs, g_probs
+                if need_b:
+                    grad_b += g_logits.sum(dim=0)
+                if need_e:
+                    grad_keys.addmm_(g_logits.t(), scaled)
+                if need_z or need_beta:
+                    g_scaled = g_logits @ keys  # (m, d)
+                    if need_z:
+                        grad_z[rows] = g_scaled * beta_f
+                    if need_beta:
+                        grad_beta += (g_scaled * z_rows).sum()
+            grad_c = None
+            if need_c and bias is not None:
+                grad_c = grad_flat.float().sum(dim=0).to(bias.dtype)
+        return (
+            None if grad_z is None else grad_z.view(z.shape).to(z.dtype),
+            None if grad_keys is None else grad_keys[:-1].to(unit_embeddings.dtype),
+            grad_beta.reshape(beta.shape).to(beta.dtype) if need_beta else None,
+            None if grad_b is None else grad_b.to(logit_bias.dtype),
+            None if grad_w is None else grad_w.to(weight.dtype),
+            grad_c,
+            None,
+            None,
+        )
+
+
 class SoftmaxConverter(nn.Module):
     """π = softmax(β z [E;0]ᵀ + b) over V+1 slots, h = W_trans π + c (paper §4.2).
 
@@ -112,20 +203,23 @@ class SoftmaxConverter(nn.Module):
         """π over the V+1 slots (fp32), shape (..., V+1); `beta` as in `slot_logits`."""
         return torch.softmax(self.slot_logits(z, unit_embeddings, beta), dim=-1)
 
+    # Positions per chunk of `SlotProjection`: about 2^23 fp32 slot values (32 MiB) per temporary.
+    chunk_elements = 2**23
+
     def forward(self, z: torch.Tensor, unit_embeddings: torch.Tensor, beta=None) -> torch.Tensor:
         """h = W_trans π + c: (B, L, d) fp32 → (B, L, D) in W_trans's dtype; `beta` as in `slot_logits`.
 
         The projection runs outside autocast, so under `torch.autocast(bfloat16)` with fp32 weights h
         (the start of the residual stream) stays fp32, as in the authors' code, where the converter
-        runs outside autocast (reference/dsl_official.md §3.1). Only one (B, L, V+1) fp32 tensor
-        stays alive (π, saved for the softmax backward); the logits tensor is released as soon as
-        the softmax is taken.
+        runs outside autocast (reference/dsl_official.md §3.1). π is never stored at full size:
+        [`SlotProjection`] runs over chunks of positions and recomputes π in backward, so training
+        keeps no (B, L, V+1) tensor for the backward pass.
         """
-        probs = self.slot_probs(z, unit_embeddings, beta)
         weight = self.backbone_embedding.weight
-        bias = self.backbone_embedding.bias
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return F.linear(probs.to(weight.dtype), weight, bias)
+        beta_value = self.beta if beta is None else self.effective_beta(beta, z.device)
+        chunk_rows = max(1, self.chunk_elements // (self.vocab_size + 1))
+        return SlotProjection.apply(z, unit_embeddings, beta_value, self.logit_bias, weight,
+                                    self.backbone_embedding.bias, weight.dtype, chunk_rows)
 
     @torch.no_grad()
     def init_from_embedding(self, embedding: torch.Tensor, mask_embedding: torch.Tensor) -> None:

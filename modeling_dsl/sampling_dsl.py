@@ -10,6 +10,11 @@ real tokens. Samplers call `logits` only on the rows they need (the positions th
 this step), and draw categorical samples only on those rows, in float64. A plain callable
 `z -> logits (B, L, V)` is accepted too (wrapped by [`as_denoiser`]), so the same sampler runs on
 the model (`Denoiser.from_model`) and on exact Bayes oracles (the tests' `oracles.py`).
+A model's denoiser is also split into the per-position converter and the backbone, so the masked
+samplers (remdm, mdlm, low_confidence, roar) recompute the converter only at the positions a step
+changed, and `Denoiser.from_model(..., compile=True)` runs the fixed-shape network calls through
+`torch.compile`. The masked samplers sync with the host at most once per step (remdm: which
+positions unmask; low_confidence and roar: once per block or call).
 
 Discrete state convention (DESIGN.md): a masked position is z = 0; a visible token t is
 z = visible_snr · E[t] (noiseless).
@@ -67,6 +72,7 @@ still masked, and `permanent` True when committed tokens are never revised after
 position.
 """
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence, Union
@@ -86,6 +92,10 @@ REMDM_MODES = ("cap", "rescale", "conf", "loop")
 ETA_CAP_TABLE = {128: 0.010, 256: 0.008, 512: 0.007, 1024: 0.004}
 # Official ReMDM OWT default of the rescale mode (reference mdlm_remdm.md).
 ETA_RESCALE_DEFAULT = 0.015
+
+# Rows per chunk where a sampler only needs a reduction of the (rows, V) logits (SDE's x̂): about
+# 2^22 logits (16 MiB fp32) at a time instead of the whole (N, V) tensor.
+_CHUNK_ELEMENTS = 2**22
 
 # Which positions u_t, H_t, k_t average over and what r_t divides by (see the module docstring).
 DIAGNOSTIC_POSITIONS = ("evaluated", "all")
@@ -112,32 +122,77 @@ class Denoiser:
     """denoise(z | draft): `features(z)` (B, L, F) once per state, `logits(rows)` (..., V) fp32.
 
     Args:
-        features_fn: z (B, L, d) → per-position features (B, L, F) (hidden states, or logits).
+        features_fn: z (B, L, d) → per-position features (B, L, F) (hidden states, or logits);
+            may be None when `inputs_fn` and `trunk_fn` are given (features = trunk(inputs(z))).
         head_fn: features of any subset of positions (..., F) → fp32 logits (..., V);
             `None` means the features already are logits.
         embeddings: E, the (V, d) unit token embeddings.
         visible_snr: SNR of a visible (clean) token: z = visible_snr · E[t].
         mask_token_id: id stored in drafts at masked positions (may equal V).
+        inputs_fn: optional per-position part of `features_fn`, z (..., d) → backbone inputs
+            (..., D) (the converter: each position's output depends on its own z only).
+        trunk_fn: optional rest of `features_fn`, inputs (B, L, D) → features (B, L, F).
+            With both, the masked samplers keep the backbone inputs of their draft and, after a
+            step, recompute them only at the positions that changed (a discrete draft's z is 0 or
+            visible_snr·E[t], so the converter's (V+1)-wide work is needed only for new tokens).
     """
 
-    def __init__(self, features_fn: Callable, head_fn: Optional[Callable], embeddings: torch.Tensor,
-                 visible_snr: float, mask_token_id: Optional[int] = None,
-                 token_features_fn: Optional[Callable] = None):
-        self.features_fn = features_fn
+    def __init__(self, features_fn: Optional[Callable], head_fn: Optional[Callable], embeddings: torch.Tensor,
+                 visible_snr: float, mask_token_id: Optional[int] = None, *, inputs_fn: Optional[Callable] = None,
+                 trunk_fn: Optional[Callable] = None, token_features_fn: Optional[Callable] = None):
+        if (inputs_fn is None) != (trunk_fn is None):
+            raise ValueError("give both inputs_fn and trunk_fn, or neither")
+        if features_fn is None and inputs_fn is None:
+            raise ValueError("features_fn is needed unless inputs_fn and trunk_fn are given")
+        self.features_fn = features_fn if features_fn is not None else (lambda z: trunk_fn(inputs_fn(z)))
         # Optional (tokens (B, L), visible (B, L) bool) → features: the masked samplers' discrete
         # states fed as the published model's own inputs (`token_inputs="backbone"`).
         self.token_features_fn = token_features_fn
         self.head_fn = head_fn
+        self.inputs_fn, self.trunk_fn = inputs_fn, trunk_fn
         self.embeddings = embeddings.float()
         self.visible_snr = float(visible_snr)
         self.vocab_size = embeddings.shape[0]
         self.mask_token_id = self.vocab_size if mask_token_id is None else int(mask_token_id)
+        self._mask_inputs = None
+
+    @property
+    def split(self) -> bool:
+        """True when the per-position inputs can be updated row by row ([`_Draft`] uses it)."""
+        return self.inputs_fn is not None
+
+    def mask_inputs(self) -> torch.Tensor:
+        """(D,) backbone input of a masked position (z = 0), computed once."""
+        if self._mask_inputs is None:
+            zero = torch.zeros(1, self.embeddings.shape[1], device=self.embeddings.device)
+            self._mask_inputs = self.inputs_fn(zero)[0]
+        return self._mask_inputs
+
+    def compiled(self, **compile_kwargs) -> "Denoiser":
+        """A copy whose fixed-shape network calls run through `torch.compile` (default
+        `dynamic=False`): `trunk_fn` (the backbone on the (B, L, D) draft inputs, what the masked
+        samplers call every step) and `features_fn` (the whole network, what `sde` calls). The
+        per-position converter on the changed rows and the LM head on the drawn rows keep
+        their eager, variable-shape calls. The first call of each compiles (tens of seconds on
+        a CPU); later calls with the same shapes reuse it."""
+        compile_kwargs.setdefault("dynamic", False)
+        other = copy.copy(self)
+        other.features_fn = torch.compile(self.features_fn, **compile_kwargs)
+        if self.trunk_fn is not None:
+            other.trunk_fn = torch.compile(self.trunk_fn, **compile_kwargs)
+        return other
 
     @classmethod
     def from_model(cls, model, attention_mask: Optional[torch.Tensor] = None, *, visible_snr: Optional[float] = None,
                    beta: Optional[float] = None, beta_scale: float = 1.0, tokens: Optional[torch.Tensor] = None,
-                   clean_mask: Optional[torch.Tensor] = None, token_inputs: str = "converter") -> "Denoiser":
+                   clean_mask: Optional[torch.Tensor] = None, token_inputs: str = "converter",
+                   compile: bool = False) -> "Denoiser":
         """Wrap a `DSLForDiffusionLM`: features = hidden states, head = the per-position LM head.
+
+        The converter (`inputs_fn`, per position) and the backbone blocks (`trunk_fn`) are given
+        separately, so the masked samplers run the converter only on the positions that change.
+        A model whose `hidden_states` is replaced on the instance (instrumentation, a custom
+        input path) is always called through it, as one `features` call per state.
 
         Args:
             attention_mask: (B, L) key-padding mask (1 = real token), or None.
@@ -154,6 +209,7 @@ class Denoiser:
             token_inputs: "converter", or "backbone": the masked samplers' discrete states (visible
                 tokens and masks alike) are fed as the backbone's own token embedding, i.e. the
                 published model itself (LLaDA's generate.py); continuous SDE states still use the converter.
+            compile: return [`compiled`]`()`: `torch.compile` of the network for fixed shapes.
         """
         _check_num("visible_snr", visible_snr, 0.0, low_open=True, optional=True)
         _check_num("beta", beta, 0.0, low_open=True, optional=True)
@@ -162,34 +218,49 @@ class Denoiser:
             raise ValueError(f"give beta or beta_scale, not both (got beta={beta}, beta_scale={beta_scale})")
         if beta_scale != 1.0:
             beta = beta_scale * float(model.converter.beta.detach().float().reshape(-1)[0])
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
         converter_kwargs = {} if beta is None else {"beta": beta}
         mask = attention_mask
+        embeddings = model.noise_embeddings()
 
         if token_inputs not in ("converter", "backbone"):
             raise ValueError(f"token_inputs must be 'converter' or 'backbone', got {token_inputs!r}")
+        with_clean = clean_mask is not None and bool(clean_mask.any())
 
-        def batch_mask(rows):
-            m = mask
-            if m is not None and m.shape[0] != rows:  # e.g. CFG doubles the batch
-                m = m.repeat(rows // m.shape[0], 1)
-            return m
+        def key_padding(batch):
+            if mask is not None and mask.shape[0] != batch:  # e.g. CFG doubles the batch
+                return mask.repeat(batch // mask.shape[0], 1)
+            return mask
 
-        def features(z):
-            m = batch_mask(z.shape[0])
-            if clean_mask is None or not bool(clean_mask.any()):
+        def features(z):  # = trunk(inputs(z)); one call, as model.hidden_states runs it
+            m = key_padding(z.shape[0])
+            if not with_clean:
                 return model.hidden_states(z, m, **converter_kwargs)
             clean = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
             clean[: clean_mask.shape[0]] = clean_mask  # the conditional half only
             ids = tokens.repeat(z.shape[0] // tokens.shape[0], 1)
             return model.hidden_states_with_clean(z, m, clean_ids=ids, clean_mask=clean, **converter_kwargs)
 
+        def inputs(z):  # the converter: position by position
+            return model.converter(z, embeddings, **converter_kwargs)
+
+        def trunk(h):
+            return model.backbone(h, key_padding(h.shape[0]))
+
         def token_features(ids, visible):
             ids = ids.masked_fill(~visible, model.config.mask_token_id)
-            return model.hidden_states_from_tokens(ids, batch_mask(ids.shape[0]))
+            return model.hidden_states_from_tokens(ids, key_padding(ids.shape[0]))
 
         snr = model.config.effective_visible_snr if visible_snr is None else visible_snr
-        return cls(features, model.logits_from_hidden, model.noise_embeddings(), snr, model.config.mask_token_id,
-                   token_features if token_inputs == "backbone" else None)
+        # The split (converter on changed rows only) needs every position to go through the
+        # converter; clean prompt rows through the backbone's own embedding take the whole path.
+        split = (not with_clean and "hidden_states" not in vars(model) and hasattr(model, "converter")
+                 and hasattr(model, "backbone"))
+        den = cls(features, model.logits_from_hidden, embeddings, snr, model.config.mask_token_id,
+                  inputs_fn=inputs if split else None, trunk_fn=trunk if split else None,
+                  token_features_fn=token_features if token_inputs == "backbone" else None)
+        return den.compiled() if compile else den
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
         return self.features_fn(z)
@@ -389,6 +460,12 @@ class _Draft:
     the state) and `nfe` counts those runs. With `cfg_scale` w > 0 each run also evaluates the
     unconditional state (fixed positions masked) and logits are u + (w + 1)(c − u) (LLaDA's CFG,
     2 NFE).
+
+    With a split denoiser ([`Denoiser.split`]) the backbone inputs of the draft are kept between
+    runs: a run recomputes the per-position inputs only at the positions committed since the
+    last run and writes the z = 0 inputs at every masked position (no index sync for remasks),
+    then runs the backbone. `remask` takes a (N,) flag tensor that may be all False; whether it
+    changed anything is only read when the cached features would otherwise be reused.
     """
 
     def __init__(self, den: Denoiser, tokens: torch.Tensor, generate_mask: torch.Tensor,
@@ -401,6 +478,9 @@ class _Draft:
             self.is_masked = masked[idx.rows, idx.cols].bool().clone()
         self.flat = tokens[idx.rows, idx.cols].masked_fill(self.is_masked, den.mask_token_id)
         self.features, self.counted, self.nfe = None, False, 0
+        self.inputs = None  # split denoisers: backbone inputs of the draft, (B or 2B, L, D)
+        self.committed = []  # flat positions committed since `inputs` was last brought up to date
+        self.remasked = None  # (N,) bool: positions remasked since the features were computed
 
     def tokens(self) -> torch.Tensor:
         """(B, L) the draft: given tokens, committed tokens, the mask id at masked positions."""
@@ -429,15 +509,11 @@ class _Draft:
     def logits(self, flat: torch.Tensor, diagnostic: bool = False) -> torch.Tensor:
         """fp32 logits (n, V) of p_θ at flat generated positions `flat` for the current state.
         `diagnostic=True` does not count a network run made only for it."""
+        if self.features is not None and self.remasked is not None and bool(self.remasked.any()):
+            self.features = None
+        self.remasked = None
         if self.features is None:
-            if self.den.token_features_fn is not None:  # the published model's own discrete inputs
-                conditions = (True, False) if self.cfg_scale > 0 else (True,)
-                tokens = self.tokens()
-                self.features = self.den.token_features_fn(tokens.repeat(len(conditions), 1),
-                                                           torch.cat([self.visible(c) for c in conditions]))
-            else:
-                z = self.z()
-                self.features = self.den.features(torch.cat([z, self.z(False)]) if self.cfg_scale > 0 else z)
+            self.features = self._run_network()
             self.counted = False
         if not diagnostic and not self.counted:
             self.nfe += 2 if self.cfg_scale > 0 else 1
@@ -451,17 +527,55 @@ class _Draft:
         uncond = self.den.raw_logits(self.features[batch:][rows, cols])
         return self.den.suppress_mask(uncond + (self.cfg_scale + 1.0) * (cond - uncond))
 
+    def _run_network(self) -> torch.Tensor:
+        """Features of the current state (and of the unconditional state under CFG)."""
+        den, cfg = self.den, self.cfg_scale > 0
+        if den.token_features_fn is not None:  # the published model's own discrete inputs
+            conditions = (True, False) if cfg else (True,)
+            return den.token_features_fn(self.tokens().repeat(len(conditions), 1),
+                                         torch.cat([self.visible(c) for c in conditions]))
+        if not den.split:
+            z = self.z()
+            return den.features(torch.cat([z, self.z(False)]) if cfg else z)
+        if self.inputs is None:
+            z = self.z()
+            self.inputs = den.inputs_fn(torch.cat([z, self.z(False)]) if cfg else z)
+        else:
+            self._update_inputs()
+        self.committed = []
+        return den.trunk_fn(self.inputs)
+
+    def _update_inputs(self) -> None:
+        """Bring the cached backbone inputs up to the current state: new inputs at the positions
+        committed since the last run, the z = 0 inputs at every masked position."""
+        idx, den = self.index, self.den
+        halves = (0, idx.batch) if self.cfg_scale > 0 else (0,)
+        if self.committed:
+            flat = torch.cat(self.committed)
+            new = den.inputs_fn(den.draft_embeds(self.flat[flat], ~self.is_masked[flat]))
+            rows, cols = idx.rows[flat], idx.cols[flat]
+            for offset in halves:
+                self.inputs[rows + offset, cols] = new.to(self.inputs.dtype)
+        mask_inputs = den.mask_inputs().to(self.inputs.dtype)
+        for offset in halves:
+            rows = idx.rows + offset
+            current = self.inputs[rows, idx.cols]
+            self.inputs[rows, idx.cols] = torch.where(self.is_masked.unsqueeze(-1), mask_inputs, current)
+
     def commit(self, flat: torch.Tensor, drawn: torch.Tensor) -> None:
         """Set tokens `drawn` at flat generated positions `flat` (now visible)."""
         self.flat = self.flat.index_put((flat,), drawn)
         self.is_masked = self.is_masked.index_put((flat,), torch.zeros_like(flat, dtype=torch.bool))
         self.features = None
+        if self.inputs is not None:
+            self.committed.append(flat)
 
     def remask(self, flags: torch.Tensor) -> None:
-        """Mask the flat generated positions where `flags` (N,) is True."""
+        """Mask the flat generated positions where `flags` (N,) is True (it may be all False:
+        no host sync here; `logits` checks it only when it would reuse the features)."""
         self.is_masked = self.is_masked | flags
         self.flat = self.flat.masked_fill(flags, self.den.mask_token_id)
-        self.features = None
+        self.remasked = flags if self.remasked is None else self.remasked | flags
 
     def visible_tokens(self) -> torch.Tensor:
         """(N,) the current token of every generated position, −1 where masked."""
@@ -708,10 +822,18 @@ def sde(
     nfe = 0
     last_argmax = None
 
+    keep_logits = diagnostics or callback is not None
+    chunk = max(1, _CHUNK_ELEMENTS // den.vocab_size)
+
     def evaluate(state):
-        feats = den.features(state)
-        logits = den.logits(feats[index.rows, index.cols]).float()
-        return logits, posterior_mean(logits, emb, posterior_top_k)
+        """(logits or None, x̂) at the generated positions. Without diagnostics or a callback the
+        logits are never kept whole: the LM head, softmax and x̂ run over chunks of rows."""
+        feats = den.features(state)[index.rows, index.cols]
+        if keep_logits:
+            logits = den.logits(feats).float()
+            return logits, posterior_mean(logits, emb, posterior_top_k)
+        parts = [posterior_mean(den.logits(part).float(), emb, posterior_top_k) for part in feats.split(chunk)]
+        return None, torch.cat(parts) if parts else emb.new_zeros((0, emb.shape[1]))
 
     y = None  # the y-form state z/γ of the generated positions
     if init == "unit":
@@ -954,10 +1076,12 @@ def remdm(
         visible_before = ~state.is_masked
         remask = visible_before & (u[:, 0] < sigma)
         unmask = state.is_masked & (u[:, 0] < p_unmask)
-        n_unmask, n_remask = torch.stack([unmask.sum(), remask.sum()]).tolist()
-        probs, sel, drawn = None, None, None
+        # The one host sync of a step: which positions unmask (the LM head and the draw run on
+        # those rows only). Remasking needs no sync (see `_Draft.remask`).
+        sel = unmask.nonzero(as_tuple=True)[0]
+        n_unmask = sel.numel()
+        probs, drawn = None, None
         if n_unmask:
-            sel = unmask.nonzero(as_tuple=True)[0]
             probs = to_probs(state.logits(sel))
             drawn = sample_from_probs(probs, u[sel, 1])
             if mode == "conf":
@@ -965,12 +1089,13 @@ def remdm(
         if diagnostics:
             diag_probs, diag_rows = state.diagnostic_probs(trace, probs, sel, to_probs)
             trace.record(diag_probs, diag_rows, remasked=remask, visible_before=visible_before,
-                         changed=remask | unmask, rewritten=None if sel is None else trace.rewritten(sel, drawn))
+                         changed=remask | unmask, rewritten=trace.rewritten(sel, drawn) if n_unmask else None)
         if n_unmask:
             state.commit(sel, drawn)
-        if n_remask:
+        if mode != "mdlm":
             state.remask(remask)
-            conf = conf.masked_fill(remask, -math.inf)
+            if mode == "conf":
+                conf = conf.masked_fill(remask, -math.inf)
         state.emit(callback, i, False)
     if final_greedy:
         remaining = state.is_masked.nonzero(as_tuple=True)[0]
@@ -1104,12 +1229,18 @@ def low_confidence(
     step_no = 0
     for block in range(num_blocks):
         lo, hi = block * block_length, (block + 1) * block_length
-        quota = transfer_schedule(state.is_masked.view(batch, gen_len)[:, lo:hi].sum(dim=1), steps_per_block)
+        block_masked = state.is_masked.view(batch, gen_len)[:, lo:hi].sum(dim=1)
+        quota = transfer_schedule(block_masked, steps_per_block)
+        # One host sync per block: every step commits exactly quota[:, i] positions per row (a
+        # row always has that many candidates), so each step's candidate and commit counts are
+        # known on the host and the steps run without syncing (fixed-size nonzero_static).
+        remaining, quota_host = block_masked.tolist(), quota.tolist()
         for i in _progress(range(steps_per_block), progress, f"block {block + 1}/{num_blocks}"):
-            sel_b, sel_j = state.is_masked.view(batch, gen_len)[:, lo:hi].nonzero(as_tuple=True)
+            counts = list(remaining)  # candidates per row: the block's still-masked positions
+            candidates = torch.nonzero_static(state.is_masked.view(batch, gen_len)[:, lo:hi], size=sum(counts))
+            sel_b, sel_j = candidates[:, 0], candidates[:, 1]
             sel = sel_b * gen_len + lo + sel_j  # flat, row-major like rng.ragged's rows
             logits = filtered(state.logits(sel))
-            counts = torch.bincount(sel_b, minlength=batch).tolist() if (temperature > 0 or remasking == "random") else None
             if temperature > 0:
                 gumbel = -torch.log(-torch.log(rng.ragged("uniform", counts, (logits.shape[-1],), torch.float64)))
                 x0 = (logits / temperature + gumbel).argmax(dim=-1)
@@ -1120,7 +1251,10 @@ def low_confidence(
                 conf = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
             else:
                 conf = rng.ragged("uniform", counts, (), torch.float64)
+            step_quota = [q[i] for q in quota_host]
             commit = _most_confident(conf, sel_b, sel_j, quota[:, i], block_length)
+            commit = torch.nonzero_static(commit, size=sum(step_quota))[:, 0]  # = commit.nonzero(), no sync
+            remaining = [r - q for r, q in zip(remaining, step_quota)]
             if diagnostics:
                 changed = torch.zeros(index.n, dtype=torch.bool, device=device)
                 changed[sel[commit]] = True
@@ -1194,7 +1328,8 @@ def roar(
     num_steps = math.ceil(max(index.counts, default=0) / tokens_per_step)
     for i in _progress(range(num_steps), progress, "roar"):
         now = (rank >= i * tokens_per_step) & (rank < (i + 1) * tokens_per_step)
-        sel = now.nonzero(as_tuple=True)[0]
+        visits = sum(min(tokens_per_step, max(0, n - i * tokens_per_step)) for n in index.counts)
+        sel = torch.nonzero_static(now, size=visits)[:, 0]  # = now.nonzero(): the count is known, no sync
         probs = to_probs(state.logits(sel))
         drawn = sample_from_probs(probs, uniforms[sel])
         if diagnostics:

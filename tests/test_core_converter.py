@@ -82,26 +82,31 @@ def test_spherical_rows_stay_unit_after_updates_and_loading():
     torch.testing.assert_close(other(torch.tensor([3])), other.unit_weight()[3:4])
 
 
-def test_only_one_full_vocab_fp32_tensor_is_kept_for_backward():
+def test_no_full_vocab_tensor_is_kept_for_backward():
+    """SlotProjection recomputes π in backward: what autograd keeps is z, E and the parameters,
+    O(B·L·d) besides the weights, never a (B, L, V+1) tensor."""
     batch, length, vocab, dim, hidden = 2, 5, 300, 8, 6
     conv = converter_with(vocab, dim, hidden)
     emb = SphericalEmbedding(vocab, dim)
     z = torch.randn(batch, length, dim, requires_grad=True)
+    unit = emb.unit_weight()
     saved = []
 
     def pack(t):
-        if t.numel() >= batch * length * (vocab + 1):
-            saved.append((t.dtype, tuple(t.shape), t.data_ptr()))
+        saved.append((tuple(t.shape), t.data_ptr()))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        h = conv(z, emb.unit_weight())
+        h = conv(z, unit)
     assert h.shape == (batch, length, hidden)
-    distinct = {ptr for _, _, ptr in saved}
-    assert len(distinct) == 1, saved
-    assert saved[0][0] == torch.float32 and saved[0][1] == (batch, length, vocab + 1)
+    weights = {p.data_ptr() for p in conv.parameters()} | {unit.data_ptr()}
+    activations = [shape for shape, ptr in saved if ptr not in weights]
+    assert all(math.prod(shape) <= batch * length * (dim + hidden) for shape in activations), activations
+    assert not any(shape[-1:] == (vocab + 1,) and math.prod(shape) >= batch * length * (vocab + 1)
+                   for shape, _ in saved), saved
     h.sum().backward()
     assert z.grad is not None and conv.beta.grad is not None and conv.logit_bias.grad is not None
+    assert emb.weight.grad is not None and conv.backbone_embedding.weight.grad is not None
 
 
 def test_softmax_runs_in_fp32_for_a_bf16_model():
