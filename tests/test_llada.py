@@ -4,6 +4,7 @@ preset (§5.5) and LLaDA's own low-confidence sampler (§3), generation from a s
 the package."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -575,3 +576,39 @@ def test_llada_lora_training_kill_and_resume_gives_the_same_losses(tmp_path, tok
 
     reloaded = PeftModel.from_pretrained(DSLForDiffusionLM.from_pretrained(base), str(tmp_path / "full"))
     assert any("lora_A" in n for n, _ in reloaded.named_parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_accelerate_launch_zero_lora_with_checkpointing_trains_llada_and_the_adapter_reloads(stage, tmp_path, tok_dir,
+                                                                                            wikitext):
+    """The README's launch path (`accelerate launch --config_file accelerate_zero{2,3}.yaml`, one CPU
+    process) on a saved DSL-LLaDA model with LoRA and activation checkpointing."""
+    pytest.importorskip("deepspeed")
+    import json
+    import subprocess
+    import sys
+
+    from peft import PeftModel
+
+    from test_trainer import REPO, free_port
+
+    tok, data = llada_script_setup(tmp_path, tok_dir, wikitext)
+    base = tmp_path / "dsl-llada"
+    DSLForDiffusionLM.from_llada(str(tmp_path / "llada")).save_pretrained(base)
+    tok.save_pretrained(base)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--main_process_port",
+               str(free_port()), "--config_file", str(REPO / "trainers" / "configs" / f"accelerate_zero{stage}.yaml"),
+               str(REPO / "scripts" / "continue_pretrain.py"), "--model_name_or_path", str(base), "--use_lora",
+               "true", "--train_file", str(data), "--output_dir", str(out), "--activation_checkpointing", "true",
+               *LLADA_SCRIPT, "--max_steps", "2"]  # the later --max_steps wins
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [log["loss"] for log in state["log_history"] if "loss" in log]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    reloaded = PeftModel.from_pretrained(DSLForDiffusionLM.from_pretrained(base), str(out))
+    lora_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
+    assert lora_b and any(bool(p.abs().sum() > 0) for p in lora_b)  # lora_B starts at 0: it trained
