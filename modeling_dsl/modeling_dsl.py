@@ -470,8 +470,8 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         if any(report.values()):
             message = "; ".join(f"{kind}: {names}" for kind, names in report.items() if names)
             if strict:
-                raise ValueError(f"{backbone_cls.published_format} checkpoint does not match the DSL model "
-                                 f"({message})")
+                raise ValueError(f"checkpoint {folder} ({backbone_cls.published_format} format) does not match the "
+                                 f"DSL model ({message})")
             logger.warning("checkpoint mismatches (loaded the rest): %s", message)
         mapped = {k: v.to(dtype) if v.is_floating_point() else v for k, v in mapped.items()
                   if k in expected and tuple(expected[k].shape) == tuple(v.shape)}
