@@ -382,6 +382,20 @@ def test_activation_checkpointing_and_its_old_name_are_both_accepted(cp, tok_dir
     assert "--activation_checkpointing" in readme and "--gradient_checkpointing` still works" in readme
 
 
+def test_activation_checkpointing_flag_turns_checkpointing_on_in_the_trainer(tmp_path):
+    import datasets
+
+    from trainers.dsl_trainer import DSLTrainer
+
+    data = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3, 4, 5, 6, 7, 8]] * 4})
+    for on in (True, False):
+        model = tiny_model()
+        args = TrainingArguments(output_dir=str(tmp_path / str(on)), max_steps=1, per_device_train_batch_size=2,
+                                 use_cpu=True, report_to="none", activation_checkpointing=on, save_strategy="no")
+        DSLTrainer(model=model, args=args, train_dataset=data).train()
+        assert model.is_activation_checkpointing is on
+
+
 # ----------------------------------------------------------------------------- README commands
 
 
