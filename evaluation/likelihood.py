@@ -30,10 +30,8 @@ perplexity = exp(nats/token) with SE perplexity · SE(nats/token).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
