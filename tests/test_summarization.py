@@ -859,3 +859,29 @@ def test_jsonl_reader_repairs_only_a_torn_last_line(tmp_path):
     path.write_bytes(b'{"a": 1}\n{"a"\n{"a": 2}\n')
     with pytest.raises(ValueError, match="line 2 is not valid JSON"):
         reporting.read_jsonl(path)
+
+
+# ----------------------------------------------------------------------------- README commands
+
+
+def test_readme_protocol_commands_are_ci_sized_on_the_llada_fixture(tok_dir, tmp_path):
+    """The README's protocol commands (LLaDA-8B-Instruct, DSL-LLaDA-Beta1) run in CI against
+    `check_readme.py llada-fixture` stand-ins (published and released format), which load here."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import check_readme
+
+    from evaluation.summarization import load_model
+
+    blocks = check_readme.parse_readme((REPO / "README.md").read_text())
+    for hub, methods in (("GSAI-ML/LLaDA-8B-Instruct", "original_remask original_remask_eosInf_b32"),
+                         ("liddlefish/DSL-LLaDA-Beta1", "dsl_llada_sde")):
+        (block,) = [b for b in blocks if f"--model {hub}" in b.code]
+        assert f"--methods {methods} --nfe 8 16 32 64" in block.code and "merge" in block.code
+        command = block.command()
+        assert hub not in command and "check_readme.py llada-fixture readme_ci/" in command
+        assert ("--released" in command) == hub.startswith("liddlefish")
+    assert check_readme.fixture_main("llada-fixture", [str(tmp_path / "x"), str(tok_dir), "--bogus"]) == 2
+    assert check_readme.fixture_main("llada-fixture", [str(tmp_path / "released"), str(tok_dir), "--released"]) == 0
+    model, loader = load_model(str(tmp_path / "released"), None, "float32", "cpu")
+    assert loader == "from_llada" and model.config.max_position_embeddings == 512
+    assert float(model.converter.beta) == pytest.approx(0.99)  # the released converter, not a fresh one
