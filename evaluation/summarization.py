@@ -818,9 +818,9 @@ def _prepare_generation(settings: EvalSettings, datasets_: List[Dataset], genera
     use_chat = has_template and settings.chat_template != "off"
     model, loader = load_model(settings.model, settings.revision, settings.dtype, device, settings.seed)
     context = model_context(model)
-    model_eos = getattr(model.config, "eos_token_id", None)
-    model_eos = model_eos[0] if isinstance(model_eos, (list, tuple)) and model_eos else model_eos
-    facts = ModelFacts(eos_token_id=model_eos if isinstance(model_eos, int) else tokenizer.eos_token_id,
+    model_eos = getattr(model.config, "eos_token_id", None)  # LLaDA: [<|endoftext|>, <|eot_id|>]
+    model_eos = [t for t in (model_eos if isinstance(model_eos, (list, tuple)) else [model_eos]) if isinstance(t, int)]
+    facts = ModelFacts(eos_token_id=model_eos[0] if model_eos else tokenizer.eos_token_id,
                        token_embedding=model.backbone.token_embedding() is not None)
     prompts, kwargs, cut_counts = {}, {}, {}
     for d in datasets_:
@@ -841,8 +841,7 @@ def _prepare_generation(settings: EvalSettings, datasets_: List[Dataset], genera
     if cut_counts:
         logger.warning("prompts longer than the context minus gen_length were cut at the end of the document: %s",
                        ", ".join(f"{k} {v}" for k, v in cut_counts.items()))
-    eos_ids = sorted({t for t in (tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None))
-                      if isinstance(t, int)})
+    eos_ids = sorted({t for t in [tokenizer.eos_token_id, *model_eos] if isinstance(t, int)})
     info = {"name": settings.model, "revision": settings.revision, "loader": loader,
             "backbone_type": getattr(model.config, "backbone_type", None),
             "commit": getattr(model.config, "_commit_hash", None), "dtype": settings.dtype, "device": device,

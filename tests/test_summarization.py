@@ -435,7 +435,7 @@ def test_prompt_encoding_chat_template_and_cut():
 @pytest.mark.slow
 def test_chat_template_end_to_end(summarization_dir, gpt2_model_dir, tmp_path):
     """The Instruct path (ref §6) on a tiny MDLM-scale model whose GPT-2 tokenizer gets a
-    LLaDA-style chat template (the tiny LLaDA model waits for the LLaDA backbone)."""
+    LLaDA-style chat template (the tiny LLaDA-format model: test_sweep_two_methods_two_nfe_tiny_llada)."""
     from transformers import AutoTokenizer
 
     from evaluation.summarization import prompt_hash
@@ -568,6 +568,8 @@ def test_sweep_two_methods_two_nfe_tiny_llada(llada_dir, word_sets, tmp_path):
     from evaluation.summarization import load_model
 
     tokenizer = AutoTokenizer.from_pretrained(llada_dir, trust_remote_code=False)
+    assert model["eos_ids_for_truncation"] == sorted([tokenizer.eos_token_id,
+                                                      tokenizer.convert_tokens_to_ids("<|eot_id|>")])
     llada, _ = load_model(str(llada_dir), None, "float32", "cpu", seed=42)  # the converter drawn as the run did
     documents = {p.stem: [json.loads(line)["document"] for line in open(p)] for p in word_sets}
     prompts = {}
