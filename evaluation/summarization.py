@@ -26,11 +26,20 @@ Protocol (each item overridable through `EvalSettings`):
   counts the cut prompts, and each record says whether its prompt was cut.
 
 Methods (`PRESETS`, `STEP_RULES`): a method is a `generate()` strategy with fixed settings and a
-rule NFE budget → `steps`; a preset is one table entry. `lead-k` / `lead-N` is the extractive
-baseline through the same scorer. NFE per sample is `generate()`'s returned `nfe` (a batch-level
-count: every row of a batch gets it; it is the same for any batch for strategies with a fixed
-budget — sde, low_confidence, roar — and can depend on the batch for mdlm / remdm, which skip
-evaluations where no row changes).
+rule NFE budget → `steps`; a preset is one table entry: `original_remask` and
+`original_remask_eosInf_b32` (LLaDA's low-confidence remasking as the authors ran it, on the
+published model's own token inputs when the backbone has a token embedding; the second with block
+32 and the EOS logit at −inf, ref §6) and `dsl_llada_sde` (DSL-LLaDA's Heun SDE, S = NFE // 2,
+ref §5.5). `lead-k` / `lead-N` is the extractive baseline through the same scorer. NFE per sample
+is `generate()`'s returned `nfe` (a batch-level count: every row of a batch gets it; it is the same
+for any batch for strategies with a fixed budget — sde, dsl_llada_sde, low_confidence, roar — and
+can depend on the batch for mdlm / remdm, which skip evaluations where no row changes);
+dsl_llada_sde's budget, as the authors count it, leaves out the final decode (NFE used = NFE + 1
+for an even NFE).
+
+Models (`load_model`): a LLaDA-format checkpoint (`GSAI-ML/LLaDA-8B-Instruct`, a released
+DSL-LLaDA) through `DSLForDiffusionLM.from_llada`, a saved DSL checkpoint through
+`from_pretrained`; folder or Hub id, at `revision`.
 
 Outputs in `output_dir` (see `run` and `merge`): `samples[.shard-I-of-N].jsonl` (per sample),
 `run[.shard-I-of-N].json` (every setting, model and environment), and after a complete run or a
@@ -354,35 +363,67 @@ STEP_RULES: Dict[str, Callable] = {
 
 
 @dataclass(frozen=True)
+class ModelFacts:
+    """What a method's settings may depend on besides the budget: the model's EOS id (the first of
+    the model config's `eos_token_id`, else the tokenizer's: LLaDA's `<|endoftext|>` 126081, whose
+    `<|eot_id|>` comes second, llada_dsl.md §1.1) and whether its backbone has a token embedding
+    of its own (LLaDA: the published model can run on its own inputs, `token_inputs="backbone"`)."""
+
+    eos_token_id: Optional[int] = None
+    token_embedding: bool = False
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A generation method (one row of `PRESETS`): a `generate()` strategy; fixed settings;
-    `derived(nfe, gen_length) -> settings` for those that depend on the budget or G (e.g. a block
-    snapped to a divisor of G, a noise level by NFE); the NFE → steps rule `steps(nfe, config)`
-    (None: `STEP_RULES[strategy]`); `blocked`: why it cannot run yet (None: it can). A method's
-    own settings (`NAME:key=value`) override the fixed and the derived ones."""
+    `derived(nfe, gen_length, facts) -> settings` for those that depend on the budget, G or the
+    model (`ModelFacts`: e.g. a block snapped to a divisor of G, the EOS id to suppress); the NFE →
+    steps rule `steps(nfe, config)` (None: `STEP_RULES[strategy]`); `final_decode_counted`: False
+    when the method's NFE budget, as its authors count it, leaves out generate()'s final decode
+    (DSL-LLaDA's SDE: NFE = 2S, ref §5.5), so it uses NFE + 1 evaluations. A method's own settings
+    (`NAME:key=value`) override the fixed and the derived ones."""
 
     strategy: str
     settings: Mapping[str, object] = field(default_factory=dict)
-    derived: Optional[Callable[[int, int], Mapping[str, object]]] = None
+    derived: Optional[Callable[[int, int, ModelFacts], Mapping[str, object]]] = None
     steps: Optional[Callable] = None
-    blocked: Optional[str] = None
+    final_decode_counted: bool = True
     source: str = ""
+
+
+def _llada_inputs(facts: ModelFacts) -> dict:
+    """LLaDA's sampler runs the published model on its own token inputs when the backbone has a
+    token embedding (LLaDA-8B-Instruct, ref §3, §6); a model without one runs through its converter."""
+    return {"token_inputs": "backbone" if facts.token_embedding else "converter"}
+
+
+def _remask(block: int, suppress_eos: bool = False) -> Callable:
+    def derived(nfe, gen_length, facts):
+        settings = {"block_length": snap_block(block, gen_length), **_llada_inputs(facts)}
+        if suppress_eos:
+            settings["suppress_token_ids"] = [facts.eos_token_id]
+        return settings
+
+    return derived
 
 
 _LLADA_REMASK = dict(temperature=0.0, cfg_scale=0.0, remasking="low_confidence", top_p=None, top_k=None,
                      stop_at_eos=False)
 PRESETS: Dict[str, MethodSpec] = {
     "original_remask": MethodSpec(
-        "low_confidence", _LLADA_REMASK, derived=lambda nfe, g: {"block_length": snap_block(256, g)},
-        steps=lambda nfe, config: nfe,
+        "low_confidence", _LLADA_REMASK, derived=_remask(256), steps=lambda nfe, config: nfe,
         source="ref §6: LLaDA's low-confidence remasking as the authors ran it: steps = NFE, temperature 0, "
-               "cfg 0, block 256 snapped to a divisor of G"),
+               "cfg 0, block 256 snapped to a divisor of G; the published model on its own token inputs when "
+               "the backbone has a token embedding (LLaDA), else through the converter"),
     "original_remask_eosInf_b32": MethodSpec(
-        "low_confidence", _LLADA_REMASK, derived=lambda nfe, g: {"block_length": snap_block(32, g)},
-        steps=lambda nfe, config: nfe,
-        blocked="it sets the EOS logit to -inf (LLaDA's logits_eos_inf) and generate() has no option to "
-                "suppress a token yet",
-        source="ref §6: original_remask with block 32 and EOS 126081 logits at -inf (EoT allowed)"),
+        "low_confidence", _LLADA_REMASK, derived=_remask(32, suppress_eos=True), steps=lambda nfe, config: nfe,
+        source="ref §6: original_remask with block 32 snapped to a divisor of G and LLaDA's logits_eos_inf: the "
+               "EOS logit (<|endoftext|> 126081, the model's first EOS id) at -inf, <|eot_id|> allowed"),
+    "dsl_llada_sde": MethodSpec(
+        "dsl_llada_sde", steps=lambda nfe, config: nfe // 2, final_decode_counted=False,
+        source="ref §5.5, §6 (b1_sde): DSL-LLaDA's Heun SDE, S = NFE // 2 steps (NFE = 2S as the authors count "
+               "it; generate() reports 2S + 1 with the final decode), sensitive grid 0.01 → 100, eta by NFE, "
+               "beta_inf = 2 beta, top-512 posterior mean, unit-norm init, clean wte(prompt)"),
 }
 # Set by the protocol, not by a method's settings.
 RESERVED = {"steps": "--nfe", "gen_length": "--gen_length", "max_new_tokens": "--gen_length", "seed": "--seed",
@@ -408,7 +449,8 @@ class Method:
             return {"label": self.label, "kind": "lead", "k": self.lead_k or "per dataset (data README)"}
         spec = self.spec
         return {"label": self.label, "kind": "generate", "name": self.name, "strategy": spec.strategy,
-                "preset_settings": dict(spec.settings), "settings": self.settings, "source": spec.source}
+                "preset_settings": dict(spec.settings), "settings": self.settings,
+                "final_decode_counted": spec.final_decode_counted, "source": spec.source}
 
 
 def _parse_value(text: str):
@@ -448,13 +490,10 @@ def parse_method(text: str, strategies: Sequence[str]) -> Method:
         return Method(label.strip(), name, None, {}, k)
     if name in PRESETS:
         spec = PRESETS[name]
-        if spec.blocked:
-            raise ValueError(f"method {name!r} is not available: {spec.blocked}")
     elif name in STEP_RULES and name in strategies:
         spec = MethodSpec(name, source="generate() strategy with its settings; NFE budget → steps by STEP_RULES")
     else:
-        available = sorted(set(PRESETS) - {n for n, s in PRESETS.items() if s.blocked})
-        available += sorted(s for s in strategies if s in STEP_RULES) + ["lead-k", "lead-N"]
+        available = sorted(PRESETS) + sorted(s for s in strategies if s in STEP_RULES) + ["lead-k", "lead-N"]
         raise ValueError(f"unknown method {name!r}; available: {available}")
     return Method(label.strip(), name, spec, settings)
 
@@ -465,12 +504,17 @@ def generation_strategies() -> List[str]:
     return list(STRATEGIES)
 
 
-def generate_kwargs(method: Method, nfe: int, gen_length: int, generation_config) -> dict:
+def generate_kwargs(method: Method, nfe: int, gen_length: int, generation_config,
+                    facts: ModelFacts = ModelFacts()) -> dict:
     """The exact `generate()` keyword arguments (all but the prompts and seeds) of `method` at an
-    NFE budget; checked by the model's generation config (`ValueError` naming the problem)."""
+    NFE budget for a model (`facts`); checked by the model's generation config (`ValueError`
+    naming the problem)."""
     spec = method.spec
-    derived = spec.derived(nfe, gen_length) if spec.derived else {}
+    derived = spec.derived(nfe, gen_length, facts) if spec.derived else {}
     settings = {**spec.settings, **derived, **method.settings}
+    if settings.get("suppress_token_ids") == [None]:
+        raise ValueError(f"method {method.label!r}: the model has no EOS id to suppress (no eos_token_id in its "
+                         f"config or tokenizer); give it as {method.name}:suppress_token_ids=[ID]")
     unknown = sorted(k for k in settings if not hasattr(generation_config, k))
     if unknown:
         raise ValueError(f"method {method.label!r}: unknown generate() settings {unknown}")
@@ -619,24 +663,42 @@ def model_context(model) -> int:
     raise ValueError("the model config gives no context length (max_position_embeddings)")
 
 
-def load_model(name: str, revision: Optional[str], dtype: str, device: str):
-    """A `DSLForDiffusionLM` from a DSL checkpoint (folder or Hub), or from a LLaDA-format
-    checkpoint through `DSLForDiffusionLM.from_llada` once the LLaDA backbone exists."""
+def load_model(name: str, revision: Optional[str], dtype: str, device: str, seed: int = DEFAULT_SEED):
+    """`(model, loader)`: a `DSLForDiffusionLM` from a LLaDA-format checkpoint (config.json
+    `model_type` "llada": `GSAI-ML/LLaDA-8B-*`, released `liddlefish/DSL-LLaDA-*`) through
+    `DSLForDiffusionLM.from_llada`, or from a saved DSL checkpoint (`model_type` "dsl_diffusion")
+    through `DSLForDiffusionLM.from_pretrained`; a folder or a Hub id at `revision` (a branch, tag or
+    commit; None: the default branch), in `dtype` on `device`.
+
+    A plain LLaDA checkpoint has no converter: from_llada draws its bias c and the noise embeddings
+    E afresh. They are drawn under `torch.manual_seed(seed)` (the global RNG is restored after), so
+    every process of a run (shards, resumes) evaluates the same model."""
     import torch
     from transformers import PretrainedConfig
 
-    from modeling_dsl import DSLForDiffusionLM
+    from modeling_dsl import DSLConfig, DSLForDiffusionLM
 
     torch_dtype = getattr(torch, dtype)
     config, _ = PretrainedConfig.get_config_dict(name, revision=revision)
-    if config.get("model_type") == "llada":
-        if not hasattr(DSLForDiffusionLM, "from_llada"):
-            raise ValueError(f"{name} is a LLaDA checkpoint; loading it needs the LLaDA backbone "
-                             "(DSLForDiffusionLM.from_llada), which this version does not have yet")
-        model = DSLForDiffusionLM.from_llada(name, revision=revision)
-    else:
+    model_type = config.get("model_type")
+    if model_type == "llada":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = DSLForDiffusionLM.from_llada(name, revision=revision, torch_dtype=torch_dtype)
+        loader = "from_llada"
+        if not Path(name).is_dir():  # the Hub commit behind `revision` (from_llada's own snapshot; cached)
+            from modeling_dsl.modeling_dsl import resolve_checkpoint_dir
+
+            folder = Path(resolve_checkpoint_dir(name, revision))
+            if folder.parent.name == "snapshots":
+                model.config._commit_hash = folder.name
+    elif model_type == DSLConfig.model_type:
         model = DSLForDiffusionLM.from_pretrained(name, revision=revision, dtype=torch_dtype)
-    return model.to(device=device, dtype=torch_dtype).eval()
+        loader = "from_pretrained"
+    else:
+        raise ValueError(f"model {name!r}: config.json has model_type {model_type!r}; expected a DSL checkpoint "
+                         f"({DSLConfig.model_type!r}) or a LLaDA-format one ('llada')")
+    return model.to(device=device, dtype=torch_dtype).eval(), loader
 
 
 _SENTINEL = "\u0000DOCUMENT\u0000"
@@ -746,14 +808,20 @@ def _prepare_generation(settings: EvalSettings, datasets_: List[Dataset], genera
     if not settings.model:
         raise ValueError(f"methods {[m.label for m in generating]} need a model (--model)")
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # No remote code: LLaDA's config.json names remote classes (auto_map), its tokenizer needs none.
     tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.model,
-                                              revision=None if settings.tokenizer else settings.revision)
+                                              revision=None if settings.tokenizer else settings.revision,
+                                              trust_remote_code=False)
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if settings.chat_template == "on" and not has_template:
         raise ValueError("chat_template='on' but the tokenizer has no chat template")
     use_chat = has_template and settings.chat_template != "off"
-    model = load_model(settings.model, settings.revision, settings.dtype, device)
+    model, loader = load_model(settings.model, settings.revision, settings.dtype, device, settings.seed)
     context = model_context(model)
+    model_eos = getattr(model.config, "eos_token_id", None)  # LLaDA: [<|endoftext|>, <|eot_id|>]
+    model_eos = [t for t in (model_eos if isinstance(model_eos, (list, tuple)) else [model_eos]) if isinstance(t, int)]
+    facts = ModelFacts(eos_token_id=model_eos[0] if model_eos else tokenizer.eos_token_id,
+                       token_embedding=model.backbone.token_embedding() is not None)
     prompts, kwargs, cut_counts = {}, {}, {}
     for d in datasets_:
         gen_length = d.protocol.gen_length
@@ -762,7 +830,7 @@ def _prepare_generation(settings: EvalSettings, datasets_: List[Dataset], genera
                              f"context of {context} tokens")
         for m in generating:
             for nfe in settings.nfe:
-                kwargs[(d.label, m.label, nfe)] = generate_kwargs(m, nfe, gen_length, model.generation_config)
+                kwargs[(d.label, m.label, nfe)] = generate_kwargs(m, nfe, gen_length, model.generation_config, facts)
         encoder = PromptEncoder(tokenizer, use_chat, context - gen_length)
         for s in mine[d.label]:
             text = cap_words(s.document, d.protocol.max_words, d.protocol.rejoin_short)
@@ -773,9 +841,9 @@ def _prepare_generation(settings: EvalSettings, datasets_: List[Dataset], genera
     if cut_counts:
         logger.warning("prompts longer than the context minus gen_length were cut at the end of the document: %s",
                        ", ".join(f"{k} {v}" for k, v in cut_counts.items()))
-    eos_ids = sorted({t for t in (tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None))
-                      if isinstance(t, int)})
-    info = {"name": settings.model, "revision": settings.revision,
+    eos_ids = sorted({t for t in [tokenizer.eos_token_id, *model_eos] if isinstance(t, int)})
+    info = {"name": settings.model, "revision": settings.revision, "loader": loader,
+            "backbone_type": getattr(model.config, "backbone_type", None),
             "commit": getattr(model.config, "_commit_hash", None), "dtype": settings.dtype, "device": device,
             "context": context, "parameters": sum(p.numel() for p in model.parameters()),
             "chat_template_used": use_chat, "tokenizer": settings.tokenizer or settings.model,
@@ -917,7 +985,8 @@ def _generate_job(job: _Job, gen: _Generation, settings: EvalSettings, writer: J
             raise RuntimeError(f"generate() returned {tuple(output.sequences.shape)}, expected "
                                f"({len(rows)}, {longest} + {gen_length})")
         nfe_used = int(output.nfe)
-        if nfe_used > nfe:
+        allowed = nfe if m.spec.final_decode_counted else nfe + 1  # + the final decode the budget leaves out
+        if nfe_used > allowed:
             logger.warning("%s/%s: generate() used %d evaluations for an NFE budget of %d", d.label, m.label,
                            nfe_used, nfe)
         for r, s in enumerate(batch):

@@ -180,7 +180,7 @@ def _check_hybrid(config, steps):
 
 # Read by every strategy: never "unused".
 UNIVERSAL = ("strategy", "steps", "seed", "output_diagnostics", "diagnostics_positions", "visible_snr", "beta",
-             "beta_scale", "token_inputs")
+             "beta_scale", "token_inputs", "suppress_token_ids")
 # Read by generate() itself for every strategy that writes new tokens.
 GENERATION_FIELDS = ("gen_length", "max_new_tokens", "truncate_at_eos")
 
@@ -329,6 +329,12 @@ FIELDS: Dict[str, Field] = _fields(
         truncate_at_eos=Field(False, bool, "replace the generated tokens after a row's first EOS by the pad id; "
                               "off as in both protocols (MDLM/ReMDM score all L ids, DSL-LLaDA decodes all G ids "
                               "and keeps later text)"),
+        suppress_token_ids=Field(None, int, "token ids whose logits are set to −inf in every sampler (draws, "
+                                 "confidences, the SDE's posterior mean and final decode), as the mask id's always "
+                                 "are; e.g. LLaDA's logits_eos_inf = [126081] (<|endoftext|>; <|eot_id|> stays "
+                                 "allowed), the eosInf baseline of DSL-LLaDA's summarization runs (llada_dsl.md §3, "
+                                 "§6); None: none, as in LLaDA's generate.py defaults", low=0, optional=True,
+                                 many=True),
         stop_at_eos=Field(False, bool, "end block decoding once every row has an EOS (low_confidence, and hybrid "
                           "with the low_confidence finish); never-decoded positions get the pad id; off as in "
                           "DSL-LLaDA's runs"),
@@ -673,6 +679,9 @@ class DSLGenerationMixin:
             extra.update(tokens=tokens, clean_mask=prompt_mask)
         if config.token_inputs != "converter":
             extra["token_inputs"] = config.token_inputs
+        if config.suppress_token_ids is not None:
+            ids = config.suppress_token_ids
+            extra["suppress_token_ids"] = [ids] if isinstance(ids, int) else list(ids)
         return Denoiser.from_model(self, attention_mask, visible_snr=config.visible_snr, beta=config.beta,
                                    beta_scale=beta_scale, **extra)
 

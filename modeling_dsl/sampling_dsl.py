@@ -75,7 +75,7 @@ position.
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -129,6 +129,9 @@ class Denoiser:
         embeddings: E, the (V, d) unit token embeddings.
         visible_snr: SNR of a visible (clean) token: z = visible_snr · E[t].
         mask_token_id: id stored in drafts at masked positions (may equal V).
+        suppress_token_ids: ids whose logits are −inf in every use of `logits` (draws,
+            confidences, the SDE's posterior mean and final decode), as the mask id's are; e.g.
+            LLaDA's `logits_eos_inf` = the EOS id (reference llada_dsl.md §3). Each in [0, V).
         inputs_fn: optional per-position part of `features_fn`, z (..., d) → backbone inputs
             (..., D) (the converter: each position's output depends on its own z only).
         trunk_fn: optional rest of `features_fn`, inputs (B, L, D) → features (B, L, F).
@@ -139,7 +142,8 @@ class Denoiser:
 
     def __init__(self, features_fn: Optional[Callable], head_fn: Optional[Callable], embeddings: torch.Tensor,
                  visible_snr: float, mask_token_id: Optional[int] = None, *, inputs_fn: Optional[Callable] = None,
-                 trunk_fn: Optional[Callable] = None, token_features_fn: Optional[Callable] = None):
+                 trunk_fn: Optional[Callable] = None, token_features_fn: Optional[Callable] = None,
+                 suppress_token_ids: Optional[Sequence[int]] = None):
         if (inputs_fn is None) != (trunk_fn is None):
             raise ValueError("give both inputs_fn and trunk_fn, or neither")
         if features_fn is None and inputs_fn is None:
@@ -154,6 +158,8 @@ class Denoiser:
         self.visible_snr = float(visible_snr)
         self.vocab_size = embeddings.shape[0]
         self.mask_token_id = self.vocab_size if mask_token_id is None else int(mask_token_id)
+        self.suppress_token_ids = _check_suppressed(suppress_token_ids, self.vocab_size, self.mask_token_id)
+        self._suppressed = {}  # device -> the (k,) index of the −inf columns
         self._mask_inputs = None
 
     @property
@@ -186,7 +192,7 @@ class Denoiser:
     def from_model(cls, model, attention_mask: Optional[torch.Tensor] = None, *, visible_snr: Optional[float] = None,
                    beta: Optional[float] = None, beta_scale: float = 1.0, tokens: Optional[torch.Tensor] = None,
                    clean_mask: Optional[torch.Tensor] = None, token_inputs: str = "converter",
-                   compile: bool = False) -> "Denoiser":
+                   suppress_token_ids: Optional[Sequence[int]] = None, compile: bool = False) -> "Denoiser":
         """Wrap a `DSLForDiffusionLM`: features = hidden states, head = the per-position LM head.
 
         The converter (`inputs_fn`, per position) and the backbone blocks (`trunk_fn`) are given
@@ -209,6 +215,7 @@ class Denoiser:
             token_inputs: "converter", or "backbone": the masked samplers' discrete states (visible
                 tokens and masks alike) are fed as the backbone's own token embedding, i.e. the
                 published model itself (LLaDA's generate.py); continuous SDE states still use the converter.
+            suppress_token_ids: ids never drawn nor weighted (logits −inf, see the class docstring).
             compile: return [`compiled`]`()`: `torch.compile` of the network for fixed shapes.
         """
         _check_num("visible_snr", visible_snr, 0.0, low_open=True, optional=True)
@@ -259,7 +266,8 @@ class Denoiser:
                  and hasattr(model, "backbone"))
         den = cls(features, model.logits_from_hidden, embeddings, snr, model.config.mask_token_id,
                   inputs_fn=inputs if split else None, trunk_fn=trunk if split else None,
-                  token_features_fn=token_features if token_inputs == "backbone" else None)
+                  token_features_fn=token_features if token_inputs == "backbone" else None,
+                  suppress_token_ids=suppress_token_ids)
         return den.compiled() if compile else den
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
@@ -275,9 +283,15 @@ class Denoiser:
         return out.float()
 
     def suppress_mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """Set the mask id's column to −inf when the mask id is a real id (mask_token_id < V)."""
-        if 0 <= self.mask_token_id < logits.shape[-1]:
-            logits = logits.index_fill(-1, torch.tensor([self.mask_token_id], device=logits.device), -math.inf)
+        """Set to −inf the columns of the mask id (when it is a real id, mask_token_id < V) and of
+        `suppress_token_ids`: the one place every sampler's logits pass through."""
+        columns = self._suppressed.get(logits.device)
+        if columns is None:
+            ids = [self.mask_token_id] if 0 <= self.mask_token_id < logits.shape[-1] else []
+            ids = sorted(set(ids) | set(self.suppress_token_ids))
+            columns = self._suppressed[logits.device] = torch.tensor(ids, dtype=torch.long, device=logits.device)
+        if columns.numel():
+            logits = logits.index_fill(-1, columns, -math.inf)
         return logits
 
     def draft_embeds(self, tokens: torch.Tensor, visible: torch.Tensor, snr: Optional[float] = None) -> torch.Tensor:
@@ -285,6 +299,22 @@ class Denoiser:
         snr = self.visible_snr if snr is None else snr
         ids = tokens.clamp(0, self.vocab_size - 1)
         return self.embeddings[ids] * (visible.unsqueeze(-1).to(self.embeddings.dtype) * snr)
+
+
+def _check_suppressed(ids, vocab_size: int, mask_token_id: int) -> Tuple[int, ...]:
+    """`suppress_token_ids` as a sorted tuple; `ValueError` naming it for ids outside [0, V) or for
+    a set that (with the mask id) leaves no token to draw."""
+    if ids is None:
+        return ()
+    ids = [ids] if isinstance(ids, int) and not isinstance(ids, bool) else list(ids)
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"suppress_token_ids must be token ids in [0, vocab_size={vocab_size}), got {bad}")
+    masked = {mask_token_id} if 0 <= mask_token_id < vocab_size else set()
+    if len(set(ids) | masked) >= vocab_size:
+        raise ValueError(f"suppress_token_ids: suppressing {len(set(ids))} ids (and the mask id) leaves no token "
+                         f"of the {vocab_size} to draw")
+    return tuple(sorted(set(ids)))
 
 
 def as_denoiser(denoiser, embeddings: Optional[torch.Tensor] = None, visible_snr: Optional[float] = None,

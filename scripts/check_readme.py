@@ -28,6 +28,11 @@ failure too, reported as such).
     python3 scripts/check_readme.py            # run them all (what CI does)
     python3 scripts/check_readme.py --list     # print each block as CI would run it
     python3 scripts/check_readme.py --from 3   # start at block 3 (after a fix; needs blocks 1-2's outputs)
+
+Tiny stand-ins for Hub checkpoints, for `$ setup` lines (they need the project's environment):
+
+    python scripts/check_readme.py mdlm-fixture DIR TOKENIZER                # kuleshov-group/mdlm-owt format
+    python scripts/check_readme.py llada-fixture DIR TOKENIZER [--released]  # LLaDA-8B / DSL-LLaDA format
 """
 
 from __future__ import annotations
@@ -186,8 +191,32 @@ def write_mdlm_fixture(folder: str, tokenizer: str) -> None:
     write_mdlm_checkpoint(Path(folder), cfg={**TINY, "vocab_size": size + 1})
 
 
+def write_llada_fixture(folder: str, tokenizer: str, released: bool = False) -> None:
+    """A tiny checkpoint in the published `GSAI-ML/LLaDA-8B-Instruct` format (with `released`, in
+    the released `liddlefish/DSL-LLaDA-*` format: trained converter tensors included) over
+    `tokenizer` plus LLaDA's special tokens and Instruct chat template, context 512: the README's
+    LLaDA commands run against it in CI."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from llada_checkpoint import llada_tokenizer, write_llada_checkpoint
+
+    write_llada_checkpoint(Path(folder), llada_tokenizer(tokenizer), released=released, max_sequence_length=512,
+                           head_std=1.0)
+
+
+def fixture_main(name: str, args: list) -> int:
+    """`NAME DIR TOKENIZER [--released]` (llada-fixture only) → write that fixture."""
+    options = ["--released"] if name == "llada-fixture" else []
+    if len(args) < 2 or any(a not in options for a in args[2:]):
+        print(f"usage: check_readme.py {name} DIR TOKENIZER {' '.join(f'[{o}]' for o in options)}", file=sys.stderr)
+        return 2
+    if name == "mdlm-fixture":
+        write_mdlm_fixture(args[0], args[1])
+    else:
+        write_llada_fixture(args[0], args[1], released="--released" in args[2:])
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "mdlm-fixture":  # python scripts/check_readme.py mdlm-fixture DIR TOKENIZER
-        write_mdlm_fixture(sys.argv[2], sys.argv[3])
-        sys.exit(0)
+    if len(sys.argv) > 1 and sys.argv[1] in ("mdlm-fixture", "llada-fixture"):
+        sys.exit(fixture_main(sys.argv[1], sys.argv[2:]))
     sys.exit(main())

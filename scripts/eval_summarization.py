@@ -1,16 +1,17 @@
 #!/usr/bin/env python
 """Zero-shot summarization with ROUGE (the DSL-LLaDA protocol; library: `evaluation.summarization`).
 
-    # LLaDA's low-confidence baseline and an SDE sampler at NFE 8 and 16, plus lead-k, on two sets
+    # DSL-LLaDA's SDE vs LLaDA's low-confidence baseline at NFE 8 and 16, plus lead-k, on two sets
     python scripts/eval_summarization.py run --model CKPT --data xsum.jsonl cnn_dailymail.jsonl \\
-        --methods original_remask sde lead-k --nfe 8 16 --output_dir out
+        --methods dsl_llada_sde original_remask lead-k --nfe 8 16 --output_dir out
     # the same split over 8 processes / GPUs, then combined
     python scripts/eval_summarization.py run ... --num_shards 8 --shard_index 3 --device cuda:3
     python scripts/eval_summarization.py merge out
 
-A method is `[LABEL=]NAME[:key=value,...]`: a preset (original_remask), any generate() strategy
-with its settings (e.g. `heun=sde:integrator=heun,snr_schedule=sensitive`), `lead-k` (k per
-dataset) or `lead-N`. A rerun with the same output_dir resumes: finished samples are skipped.
+A method is `[LABEL=]NAME[:key=value,...]`: a preset (original_remask, original_remask_eosInf_b32,
+dsl_llada_sde), any generate() strategy with its settings (e.g.
+`heun=sde:integrator=heun,snr_schedule=sensitive`), `lead-k` (k per dataset) or `lead-N`. A rerun
+with the same output_dir resumes: finished samples are skipped.
 """
 
 import argparse
@@ -56,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--truncate_at_eos", action="store_true", help="cut each output at its first EOS")
     prompt.add_argument("--seed", type=int, default=DEFAULT_SEED, help="sample i uses seed + i (default: 42, reference §6)")
     model = r.add_argument_group("model")
-    model.add_argument("--model", help="DSL checkpoint folder or Hub id (not needed for lead-k only)")
-    model.add_argument("--revision")
+    model.add_argument("--model", help="a LLaDA-format checkpoint (e.g. GSAI-ML/LLaDA-8B-Instruct, loaded with "
+                       "from_llada) or a saved DSL checkpoint; folder or Hub id (not needed for lead-k only)")
+    model.add_argument("--revision", help="Hub branch, tag or commit of --model (and of its tokenizer)")
     model.add_argument("--tokenizer", help="default: the model's")
     model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="default: float32")
     model.add_argument("--device", help="default: cuda when available, else cpu")

@@ -51,13 +51,21 @@ def add_field_flags(parser: argparse.ArgumentParser) -> None:
         if f.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs.update(type=value_parser(f.type, f.optional), choices=f.choices or None)
+            kwargs.update(type=value_parser(f.type, f.optional, f.many), choices=f.choices or None)
+            if f.many:
+                kwargs["help"] += "; several values separated by commas"
         groups[f.group].add_argument(field_flag(name), **kwargs)
 
 
-def value_parser(kind, optional: bool):
+def value_parser(kind, optional: bool, many: bool = False):
+    """Parse one flag value; `many` fields also take `a,b,c` (a list)."""
+
     def parse(text: str):
-        return None if optional and text.lower() == "none" else kind(text)
+        if optional and text.lower() == "none":
+            return None
+        if many and "," in text:
+            return [kind(part) for part in text.split(",")]
+        return kind(text)
 
     parse.__name__ = kind.__name__  # argparse names the type in its error messages
     return parse

@@ -36,7 +36,8 @@ def llada_tokenizer(tok_dir):
 
 
 def llada_config(vocab_size: int, mask_token_id: int, eos_token_id: int, **shape) -> dict:
-    """A published-style LLaDA config.json (§1.1) for a tiny shape."""
+    """A published-style LLaDA config.json (§1.1) for a tiny shape; `shape` may also override any
+    other key (e.g. `max_sequence_length`, 256 by default)."""
     dims = dict(TINY_LLADA, **shape)
     return {
         "model_type": "llada", "architectures": ["LLaDAModelLM"],
@@ -54,6 +55,7 @@ def llada_config(vocab_size: int, mask_token_id: int, eos_token_id: int, **shape
         "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0,
         "block_group_size": 1, "multi_query_attention": None, "init_fn": "mitchell", "init_std": 0.02,
         "init_device": "meta", "precision": "amp_bf16", "use_cache": False,
+        **dims,
     }
 
 

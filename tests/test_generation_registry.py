@@ -205,6 +205,11 @@ BAD_FIELDS = [
     (dict(diagnostics_positions="some"), "diagnostics_positions"),
     (dict(truncate_at_eos="yes"), "truncate_at_eos"),
     (dict(strategy="remdm", t_on=0.05), "t_off"),  # loop (t_off < t_on) is the default mode now
+    (dict(suppress_token_ids=-1), "suppress_token_ids"),
+    (dict(suppress_token_ids=[3, -1]), "suppress_token_ids"),
+    (dict(suppress_token_ids=[]), "suppress_token_ids"),
+    (dict(suppress_token_ids=[True]), "suppress_token_ids"),
+    (dict(suppress_token_ids="7"), "suppress_token_ids"),
 ]
 
 
@@ -257,3 +262,36 @@ def test_unused_argument_warnings_follow_the_table(model, spied, caplog):
     with caplog.at_level(logging.WARNING):
         model.generate(strategy="mdlm", stop_at_eos=True, **kw)
     assert "read by: low_confidence, hybrid" in caplog.text or "read by: hybrid, low_confidence" in caplog.text
+
+
+# ----------------------------------------------------------------------------- suppressed token ids
+
+
+def test_suppress_token_ids_act_in_every_strategy_as_a_minus_inf_logit(monkeypatch):
+    """generate(suppress_token_ids=[t]) equals generating with an LM head whose column t is −inf, for
+    every strategy (the SDE's posterior mean and final decode included), and never outputs t."""
+    model = tiny_model(weight_std=0.3)
+    prompt = torch.tensor([[1, 2, 3]])
+    head = model.logits_from_hidden
+    for strategy in gd.STRATEGIES:
+        if strategy == "correct":  # t: the token it writes into a text; then a text of t only
+            kw = dict(strategy=strategy, steps=2)
+            t = int(model.generate(torch.full((1, 8), 4), **kw).flatten().mode().values)
+            text = torch.full((1, 8), t)
+        else:
+            text, kw = prompt, dict(strategy=strategy, steps=4, gen_length=8, seed=0)
+        free = model.generate(text, **kw)[:, -8:]
+        t = int(free.flatten().mode().values)
+        suppressed = model.generate(text, suppress_token_ids=[t], **kw)[:, -8:]
+        monkeypatch.setattr(model, "logits_from_hidden",
+                            lambda h, t=t: head(h).index_fill(-1, torch.tensor([t]), -float("inf")))
+        reference = model.generate(text, **kw)[:, -8:]
+        monkeypatch.undo()
+        assert (free == t).any(), strategy
+        assert not (suppressed == t).any(), strategy
+        assert torch.equal(suppressed, reference), strategy
+    with pytest.raises(ValueError, match=r"suppress_token_ids must be token ids in \[0, vocab_size=50\)"):
+        model.generate(prompt, gen_length=2, steps=2, suppress_token_ids=[3, 50])
+    assert "suppress_token_ids" in DSLGenerationConfig(strategy="correct").used_fields()
+    cli = load_cli()
+    assert cli.overrides(cli.parse_args(["ckpt", "--suppress-token-ids", "5,7"])) == {"suppress_token_ids": [5, 7]}

@@ -470,6 +470,66 @@ def test_in_vocabulary_mask_id_is_never_drawn_nor_in_the_posterior_mean():
     torch.testing.assert_close(out.extra["z"][0, 0], x_hat)
 
 
+def _sampler_runs(den, tokens, gen_mask):
+    """Every sampler on `den`, each with its own fresh generator (seed 0)."""
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    path = torch.tensor([0.5, 1.0, 2.0])
+    return {
+        "mdlm": S.mdlm(den, tokens, gen_mask, steps=3, generator=gen()),
+        "remdm": S.remdm(den, tokens, gen_mask, steps=3, mode="rescale", eta=0.5, generator=gen()),
+        "low_confidence_greedy": S.low_confidence(den, tokens, gen_mask, steps=3),
+        "low_confidence": S.low_confidence(den, tokens, gen_mask, steps=3, temperature=2.0, generator=gen()),
+        "roar": S.roar(den, tokens, gen_mask, tokens_per_step=2, generator=gen()),
+        "sde": S.sde(den, tokens, gen_mask, path, generator=gen()),
+        "sde_heun_y": S.sde(den, tokens, gen_mask, path, integrator="heun", parameterization="y", init="unit",
+                            posterior_top_k=3, generator=gen()),
+        "hybrid": S.hybrid(den, tokens, gen_mask, sde_steps=2, finish_steps=2, switch_snr=2.0, generator=gen()),
+        "correct": S.correct(den, torch.full_like(tokens, 2), gen_mask),
+    }
+
+
+def test_suppressed_ids_act_in_every_sampler_as_a_minus_inf_logit():
+    """suppress_token_ids (LLaDA's logits_eos_inf): each sampler gives exactly what it gives with a
+    head whose suppressed column is −inf (same draws, same SDE states: the posterior mean leaves
+    the id out), and never outputs it, while without suppression it is the favourite."""
+    vocab = 5
+    emb = embeddings(vocab, "random")
+    logits = torch.tensor([0.0, 1.0, 8.0, 0.5, -1.0])
+    blocked = logits.clone()
+    blocked[2] = -math.inf
+
+    def constant(values):
+        return lambda z: values.expand(z.shape[0], z.shape[1], vocab)
+
+    plain = S.Denoiser(constant(logits), None, emb, visible_snr=30.0)  # mask id = V: not a real id
+    suppressed = S.Denoiser(constant(logits), None, emb, visible_snr=30.0, suppress_token_ids=[2])
+    reference = S.Denoiser(constant(blocked), None, emb, visible_snr=30.0)
+    assert suppressed.logits(logits.unsqueeze(0))[0].tolist() == blocked.tolist()
+    tokens, gen_mask = blank(20, 6)
+    free, outs, refs = (_sampler_runs(d, tokens, gen_mask) for d in (plain, suppressed, reference))
+    for name in outs:
+        assert (free[name].tokens == 2).any(), name
+        assert not (outs[name].tokens == 2).any(), name
+        assert torch.equal(outs[name].tokens, refs[name].tokens), name
+        if "z" in outs[name].extra:
+            assert torch.equal(outs[name].extra["z"], refs[name].extra["z"]), name
+    keep = torch.tensor([0, 1, 3, 4])
+    x_hat = torch.softmax(logits[keep], -1) @ emb[keep]
+    out = S.sde(suppressed, tokens[:1, :1], gen_mask[:1, :1], torch.tensor([0.0, 1.0]), noise_scale=0.0)
+    torch.testing.assert_close(out.extra["z"][0, 0], x_hat)
+
+
+def test_suppressed_ids_are_checked():
+    emb = embeddings(5, "random")
+    with pytest.raises(ValueError, match=r"suppress_token_ids must be token ids in \[0, vocab_size=5\), got \[5\]"):
+        S.Denoiser(lambda z: z, None, emb, 30.0, suppress_token_ids=[1, 5])
+    with pytest.raises(ValueError, match="suppress_token_ids must be token ids"):
+        S.Denoiser(lambda z: z, None, emb, 30.0, suppress_token_ids=[True])
+    with pytest.raises(ValueError, match="suppress_token_ids: suppressing 4 ids .* leaves no token of the 5"):
+        S.Denoiser(lambda z: z, None, emb, 30.0, mask_token_id=4, suppress_token_ids=[0, 1, 2, 3])
+    assert S.Denoiser(lambda z: z, None, emb, 30.0, suppress_token_ids=3).suppress_token_ids == (3,)
+
+
 # ----------------------------------------------------------------------------- low_confidence
 
 

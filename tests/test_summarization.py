@@ -26,9 +26,11 @@ from evaluation import reporting
 from evaluation.summarization import (
     PRESETS,
     EvalSettings,
+    ModelFacts,
     PromptEncoder,
     failure_tags,
     generate_kwargs,
+    generation_strategies,
     merge,
     parse_method,
     rouge,
@@ -255,6 +257,56 @@ def test_cross_check_with_evaluate_when_it_loads_offline(lead_run):
     assert check["status"] == "agree" and check["max_abs_diff"] <= 1e-9
 
 
+class FakeEvaluateRouge:
+    """Stands in for `evaluate.load("rouge")` where it cannot load offline: the keyword API of its
+    `compute` (predictions, references, rouge_types, use_aggregator, use_stemmer, tokenizer; with
+    use_aggregator=False a list of per-sample F1 per type, as evaluate's metrics/rouge/rouge.py),
+    scored here with rouge_score; `stemmer` False ignores use_stemmer (a broken call)."""
+
+    def __init__(self, stemmer=True):
+        self.stemmer, self.calls = stemmer, []
+
+    def compute(self, *, predictions, references, rouge_types=None, use_aggregator=True, use_stemmer=False,
+                tokenizer=None):
+        from rouge_score import rouge_scorer
+
+        self.calls.append(dict(rouge_types=rouge_types, use_aggregator=use_aggregator, use_stemmer=use_stemmer))
+        assert not use_aggregator and tokenizer is None and len(predictions) == len(references)
+        scorer = rouge_scorer.RougeScorer(rouge_types, use_stemmer=use_stemmer and self.stemmer)
+        scores = [scorer.score(ref, pred) for ref, pred in zip(references, predictions)]
+        return {t: [s[t].fmeasure for s in scores] for t in rouge_types}
+
+
+def test_cross_check_calls_evaluate_as_its_api_takes(lead_run, monkeypatch):
+    """The path used when evaluate's rouge loads offline: loaded from the local cache only
+    (DownloadConfig(local_files_only=True)), per-sample F1 (use_aggregator=False) with the stemmer,
+    R-Lsum on newline-joined sentences; it agrees with rouge_score and catches a disagreement."""
+    import evaluate
+
+    from evaluation.summarization import _references, cross_check_evaluate
+
+    config = json.loads((lead_run / "run.json").read_text())
+    records = [r for r in reporting.read_jsonl(lead_run / "samples.jsonl") if r["dataset"] in ("xsum", "cnn_dailymail")]
+    records.append(dict(records[0], output="", scores=dict.fromkeys(records[0]["scores"], 0.0)))
+    loads = []
+
+    def fake_load(path, *args, **kwargs):
+        loads.append((path, kwargs))
+        return metric
+
+    monkeypatch.setattr(evaluate, "load", fake_load)
+    metric = FakeEvaluateRouge()
+    check = cross_check_evaluate(records, _references(config))
+    assert check == {"status": "agree", "max_abs_diff": check["max_abs_diff"], "samples": len(records)}
+    assert check["max_abs_diff"] <= 1e-9
+    (path, kwargs), = loads
+    assert path == "rouge" and kwargs["download_config"].local_files_only is True
+    assert metric.calls == [dict(rouge_types=["rouge1", "rouge2", "rougeL"], use_aggregator=False, use_stemmer=True),
+                            dict(rouge_types=["rougeLsum"], use_aggregator=False, use_stemmer=True)]
+    metric = FakeEvaluateRouge(stemmer=False)
+    assert cross_check_evaluate(records, _references(config))["status"] == "disagree"
+
+
 # ----------------------------------------------------------------------------- failure tags
 
 REFERENCE = "The council approved the new budget on Monday after a long debate about school funding."
@@ -306,9 +358,26 @@ def test_methods_table_and_nfe_rules(word_model_dir):
         "block_length"] == 64
     with pytest.raises(ValueError, match="original_remask:block_length=64' at NFE 6, gen_length 256: steps"):
         generate_kwargs(parse_method("original_remask:block_length=64", strategies), 6, 256, config)
-    assert PRESETS["original_remask_eosInf_b32"].blocked
-    with pytest.raises(ValueError, match="not available: it sets the EOS logit"):
-        parse_method("original_remask_eosInf_b32", strategies)
+    # eosInf_b32 (ref §6): block 32 snapped to a divisor of G, the model's EOS id suppressed
+    eos_inf = parse_method("original_remask_eosInf_b32", strategies)
+    facts = ModelFacts(eos_token_id=7, token_embedding=True)
+    kw = generate_kwargs(eos_inf, 8, 128, config, facts)
+    assert {k: kw[k] for k in ("strategy", "steps", "block_length", "suppress_token_ids", "token_inputs")} == {
+        "strategy": "low_confidence", "steps": 8, "block_length": 32, "suppress_token_ids": [7],
+        "token_inputs": "backbone"}
+    assert generate_kwargs(eos_inf, 20, 100, config, facts)["block_length"] == 25
+    assert generate_kwargs(eos_inf, 8, 128, config, ModelFacts(eos_token_id=3))["token_inputs"] == "converter"
+    with pytest.raises(ValueError, match="has no EOS id to suppress"):
+        generate_kwargs(eos_inf, 8, 128, config)
+    with pytest.raises(ValueError, match="steps = 6 must be a multiple of the number of blocks"):
+        generate_kwargs(eos_inf, 6, 128, config, facts)
+    # the DSL-LLaDA SDE (ref §5.5): S = NFE // 2 Heun steps; its budget leaves out the final decode
+    sde_llada = parse_method("dsl_llada_sde", strategies)
+    assert [generate_kwargs(sde_llada, n, 128, config)["steps"] for n in (4, 8, 9, 16)] == [2, 4, 4, 8]
+    assert generate_kwargs(sde_llada, 8, 128, config)["strategy"] == "dsl_llada_sde"
+    assert not sde_llada.spec.final_decode_counted and PRESETS["original_remask"].final_decode_counted
+    with pytest.raises(ValueError, match="steps must be >= 2"):
+        generate_kwargs(sde_llada, 3, 128, config)
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         parse_method("nope", strategies)
     with pytest.raises(ValueError, match="'steps' cannot be a method setting"):
@@ -328,7 +397,7 @@ def test_a_preset_is_one_table_entry(word_model_dir, monkeypatch):
 
     monkeypatch.setitem(PRESETS, "toy_sde", MethodSpec(
         "sde", {"integrator": "heun", "snr_schedule": "sensitive"},
-        derived=lambda nfe, g: {"noise_scale": 0.1 if nfe <= 8 else 0.05}, steps=lambda nfe, config: nfe // 2))
+        derived=lambda nfe, g, facts: {"noise_scale": 0.1 if nfe <= 8 else 0.05}, steps=lambda nfe, config: nfe // 2))
     config = DSLForDiffusionLM.from_pretrained(word_model_dir).generation_config
     method = parse_method("toy_sde", list(STRATEGIES))
     kw8, kw16 = (generate_kwargs(method, n, 64, config) for n in (8, 16))
@@ -366,7 +435,7 @@ def test_prompt_encoding_chat_template_and_cut():
 @pytest.mark.slow
 def test_chat_template_end_to_end(summarization_dir, gpt2_model_dir, tmp_path):
     """The Instruct path (ref §6) on a tiny MDLM-scale model whose GPT-2 tokenizer gets a
-    LLaDA-style chat template (the tiny LLaDA model waits for the LLaDA backbone)."""
+    LLaDA-style chat template (the tiny LLaDA-format model: test_sweep_two_methods_two_nfe_tiny_llada)."""
     from transformers import AutoTokenizer
 
     from evaluation.summarization import prompt_hash
@@ -434,6 +503,183 @@ def test_sweep_two_methods_two_nfe_gpt2(summarization_dir, gpt2_model_dir, tmp_p
     assert results["generate_kwargs"]["xsum|sde|4"]["steps"] == 3
     table = (out / "results.md").read_text()
     assert "| method | cnn_dailymail NFE 2 | cnn_dailymail NFE 4 | xsum NFE 2 | xsum NFE 4 |" in table
+
+
+# ----------------------------------------------------------------------------- the tiny LLaDA-format model
+
+
+@pytest.fixture(scope="module")
+def llada_dir(tok_dir, tmp_path_factory):
+    """A tiny checkpoint in the published LLaDA format (tests/llada_checkpoint.py) with LLaDA's
+    special tokens and the Instruct chat template; context 512, so that CNN/DM's G = 256 fits."""
+    from llada_checkpoint import llada_tokenizer, write_llada_checkpoint
+
+    out = tmp_path_factory.mktemp("llada_tiny")
+    write_llada_checkpoint(out, llada_tokenizer(tok_dir), max_sequence_length=512, head_std=1.0)
+    return out
+
+
+@pytest.mark.slow
+def test_sweep_two_methods_two_nfe_tiny_llada(llada_dir, word_sets, tmp_path):
+    """DSL-LLaDA SDE vs LLaDA's low-confidence remasking at NFE 4 and 8 on CNN/DM and XSum (the
+    substitute sets) with the protocol gen lengths and chat-templated prompts, on a LLaDA-format
+    folder loaded by from_llada."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from modeling_dsl.generation_dsl import encode_prompt
+
+    from evaluation.summarization import PROTOCOLS, cap_words, decode_output, prompt_hash
+
+    out = tmp_path / "sweep"
+    result = run(settings(out, data=[str(p) for p in word_sets], methods=["dsl_llada_sde", "original_remask", "lead-k"],
+                          nfe=[4, 8], num_samples=2, model=str(llada_dir), batch_size=2))
+    assert result["generated"] == 2 * (2 * 2 + 1) * 2 and result["generate_calls"] == 2 * 2 * 2
+    for name in ("samples.jsonl", "run.json", "results.json", "results.md", "rouge1_vs_nfe.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "rouge1_vs_nfe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "results.json").read_text())
+    model = results["model"]
+    assert (model["loader"], model["backbone_type"], model["chat_template_used"]) == ("from_llada", "llada", True)
+    assert len(results["results"]) == 2 * (2 * 2 + 1)
+    records = [r for r in reporting.read_jsonl(out / "samples.jsonl") if r["method"] != "lead-k"]
+    assert len(records) == 2 * 2 * 2 * 2 and not any(r["prompt_cut"] for r in records)
+    for r in records:
+        gen_length = {"cnn_dailymail": 256, "xsum": 128}[r["dataset"]]
+        kw = r["generate"]
+        assert kw["gen_length"] == gen_length and r["seed"] == 42 + r["index"]
+        if r["method"] == "dsl_llada_sde":  # S = NFE // 2 Heun steps: 2S evaluations + the final decode
+            assert (kw["strategy"], kw["steps"]) == ("dsl_llada_sde", r["nfe"] // 2)
+            assert r["nfe_used"] == 2 * (r["nfe"] // 2) + 1
+        else:  # LLaDA's sampler on the published model's own inputs, one block (256 snapped to G)
+            assert (kw["strategy"], kw["steps"], kw["block_length"], kw["token_inputs"]) == (
+                "low_confidence", r["nfe"], gen_length, "backbone")
+            assert r["nfe_used"] == r["nfe"]
+    rows = {(r["dataset"], r["method"], r["nfe"]): r for r in results["results"]}
+    assert rows[("xsum", "dsl_llada_sde", 8)]["nfe_used_mean"] == 9
+    assert rows[("cnn_dailymail", "original_remask", 4)]["nfe_used_mean"] == 4
+    table = (out / "results.md").read_text()
+    assert "| method | cnn_dailymail NFE 4 | cnn_dailymail NFE 8 | xsum NFE 4 | xsum NFE 8 |" in table
+    assert "| dsl_llada_sde |" in table and "| original_remask |" in table
+
+    # Each record's prompt is generation_dsl.encode_prompt of the protocol text, and its output is
+    # what generate() gives with the recorded arguments and seeds for the batch the run made (both
+    # prompts in one call, by length, right-padded).
+    from evaluation.summarization import load_model
+
+    tokenizer = AutoTokenizer.from_pretrained(llada_dir, trust_remote_code=False)
+    assert model["eos_ids_for_truncation"] == sorted([tokenizer.eos_token_id,
+                                                      tokenizer.convert_tokens_to_ids("<|eot_id|>")])
+    llada, _ = load_model(str(llada_dir), None, "float32", "cpu", seed=42)  # the converter drawn as the run did
+    documents = {p.stem: [json.loads(line)["document"] for line in open(p)] for p in word_sets}
+    prompts = {}
+    for r in records:
+        protocol = PROTOCOLS[r["dataset"]]
+        text = f"{protocol.instruction}\n\n" + cap_words(documents[r["dataset"]][r["index"]], protocol.max_words,
+                                                           protocol.rejoin_short)
+        prompts[r["dataset"], r["index"]] = ids = encode_prompt(tokenizer, text)
+        assert r["prompt_sha256"] == prompt_hash(ids) and ids[0] == tokenizer.bos_token_id
+    for dataset in ("cnn_dailymail", "xsum"):
+        for method in ("dsl_llada_sde", "original_remask"):
+            batch = sorted((r for r in records if (r["dataset"], r["method"], r["nfe"]) == (dataset, method, 4)),
+                           key=lambda r: (r["prompt_tokens"], r["index"]))
+            prompt_rows = [prompts[dataset, r["index"]] for r in batch]
+            longest = max(map(len, prompt_rows))
+            ids = torch.tensor([row + [0] * (longest - len(row)) for row in prompt_rows])
+            mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in prompt_rows])
+            output = llada.generate(ids, attention_mask=mask, seed=[r["seed"] for r in batch], **batch[0]["generate"])
+            for i, r in enumerate(batch):
+                decoded, _ = decode_output(tokenizer, output[i, longest:].tolist(), True, [], False)
+                assert decoded == r["output"], (dataset, method, r["index"])
+
+
+def test_eos_inf_b32_suppresses_eos_and_keeps_eot(llada_dir):
+    """original_remask_eosInf_b32 (ref §6): with a head that prefers EOS, then EoT, LLaDA's
+    baseline writes EOS; the eosInf variant never does and writes EoT instead (EoT stays allowed)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from modeling_dsl import DSLForDiffusionLM
+
+    tokenizer = AutoTokenizer.from_pretrained(llada_dir, trust_remote_code=False)
+    model = DSLForDiffusionLM.from_llada(str(llada_dir)).eval()
+    eos, eot = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert model.config.eos_token_id == [eos, eot]
+    facts = ModelFacts(eos_token_id=eos, token_embedding=True)
+    strategies = generation_strategies()
+    kw_plain = generate_kwargs(parse_method("original_remask", strategies), 8, 64, model.generation_config, facts)
+    kw_inf = generate_kwargs(parse_method("original_remask_eosInf_b32", strategies), 8, 64, model.generation_config,
+                             facts)
+    assert (kw_plain["block_length"], kw_inf["block_length"], kw_inf["suppress_token_ids"]) == (64, 32, [eos])
+    logits = torch.randn(len(tokenizer), generator=torch.Generator().manual_seed(0))
+    logits[eos], logits[eot] = 20.0, 15.0
+    model.backbone.logits = lambda hidden: logits.expand(*hidden.shape[:-1], -1)
+    prompt = torch.tensor([tokenizer("The council met on Monday.")["input_ids"]])
+    plain = model.generate(prompt, seed=0, **kw_plain)[0, prompt.shape[1]:]
+    inf = model.generate(prompt, seed=0, **kw_inf)[0, prompt.shape[1]:]
+    assert plain.tolist() == [eos] * 64
+    assert inf.tolist() == [eot] * 64
+
+
+def test_models_load_by_format_with_their_revision(llada_dir, tmp_path, monkeypatch):
+    """A LLaDA-format folder goes through from_llada, a saved DSL checkpoint through from_pretrained,
+    each given the revision and dtype; other formats are refused. A saved DSL-LLaDA checkpoint gives
+    the outputs of the LLaDA folder it was converted from."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from modeling_dsl import DSLForDiffusionLM
+
+    from evaluation.summarization import load_model
+
+    saved = tmp_path / "dsl_llada"
+    first, _ = load_model(str(llada_dir), None, "float32", "cpu", seed=42)
+    again, _ = load_model(str(llada_dir), None, "float32", "cpu", seed=42)
+    other_seed, _ = load_model(str(llada_dir), None, "float32", "cpu", seed=7)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    load_model(str(llada_dir), None, "float32", "cpu", seed=42)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left as it was
+    assert torch.equal(first.embed.weight, again.embed.weight) and torch.equal(
+        first.converter.backbone_embedding.bias, again.converter.backbone_embedding.bias)
+    assert not torch.equal(first.embed.weight, other_seed.embed.weight)
+    first.save_pretrained(saved)
+    AutoTokenizer.from_pretrained(llada_dir, trust_remote_code=False).save_pretrained(saved)
+    calls = []
+    real_llada, real_pretrained = DSLForDiffusionLM.from_llada.__func__, DSLForDiffusionLM.from_pretrained.__func__
+
+    def spy(real, name):
+        def wrapper(cls, path, *args, **kwargs):
+            calls.append((name, str(path), kwargs.get("revision"), kwargs.get("torch_dtype", kwargs.get("dtype"))))
+            return real(cls, path, *args, **kwargs)
+
+        return classmethod(wrapper)
+
+    monkeypatch.setattr(DSLForDiffusionLM, "from_llada", spy(real_llada, "from_llada"))
+    monkeypatch.setattr(DSLForDiffusionLM, "from_pretrained", spy(real_pretrained, "from_pretrained"))
+    model, loader = load_model(str(llada_dir), "v1.0", "bfloat16", "cpu")
+    assert loader == "from_llada" and model.dtype == torch.bfloat16
+    assert calls[-1] == ("from_llada", str(llada_dir), "v1.0", torch.bfloat16)
+    model, loader = load_model(str(saved), "main", "float32", "cpu")
+    assert loader == "from_pretrained" and model.config.backbone_type == "llada"
+    assert calls[-1] == ("from_pretrained", str(saved), "main", torch.float32)
+    monkeypatch.undo()
+
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type 'gpt2'; expected a DSL checkpoint"):
+        load_model(str(other), None, "float32", "cpu")
+
+    data = synthetic_sets(tmp_path / "data", n=2)[1]
+    common = dict(data=[str(data)], methods=["dsl_llada_sde", "original_remask"], nfe=[4], gen_length=16,
+                  num_samples=2)
+    run(settings(tmp_path / "a", model=str(llada_dir), **common))
+    run(settings(tmp_path / "b", model=str(saved), **common))
+    a, b = (sorted_records(tmp_path / d / "samples.jsonl") for d in ("a", "b"))
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["model"]["loader"] == "from_pretrained"
+    assert [r["output"] for r in a] == [r["output"] for r in b] and [r["generate"] for r in a] == [
+        r["generate"] for r in b]
 
 
 # ----------------------------------------------------------------------------- resume, kill, shards
@@ -524,7 +770,7 @@ def test_resume_refuses_results_of_other_settings(word_model_dir, word_sets, tmp
 
 
 @pytest.mark.parametrize("case", ["missing_column", "empty_file", "unknown_template", "nfe_zero", "gen_length",
-                                  "missing_id_column", "bad_json", "blocked_method"])
+                                  "missing_id_column", "bad_json", "blocks_and_steps"])
 def test_bad_inputs_give_a_clear_error_and_write_nothing(case, word_model_dir, word_sets, tmp_path):
     data = tmp_path / "xsum.jsonl"
     data.write_text(word_sets[1].read_text())
@@ -551,9 +797,9 @@ def test_bad_inputs_give_a_clear_error_and_write_nothing(case, word_model_dir, w
     elif case == "bad_json":
         data.write_text(data.read_text() + "{not json\n")
         message = "line 7 is not valid JSON"
-    else:
-        kw["methods"] = ["original_remask_eosInf_b32"]
-        message = "no option to suppress a token"
+    else:  # eosInf_b32 at G = 64: 2 blocks of 32, and NFE 5 is no multiple of them
+        kw.update(methods=["original_remask_eosInf_b32"], nfe=[8, 5], gen_length=64)
+        message = "original_remask_eosInf_b32' at NFE 5, gen_length 64: steps: steps = 5 must be a multiple"
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=message):
         run(settings(out, **kw))
@@ -615,3 +861,29 @@ def test_jsonl_reader_repairs_only_a_torn_last_line(tmp_path):
     path.write_bytes(b'{"a": 1}\n{"a"\n{"a": 2}\n')
     with pytest.raises(ValueError, match="line 2 is not valid JSON"):
         reporting.read_jsonl(path)
+
+
+# ----------------------------------------------------------------------------- README commands
+
+
+def test_readme_protocol_commands_are_ci_sized_on_the_llada_fixture(tok_dir, tmp_path):
+    """The README's protocol commands (LLaDA-8B-Instruct, DSL-LLaDA-Beta1) run in CI against
+    `check_readme.py llada-fixture` stand-ins (published and released format), which load here."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import check_readme
+
+    from evaluation.summarization import load_model
+
+    blocks = check_readme.parse_readme((REPO / "README.md").read_text())
+    for hub, methods in (("GSAI-ML/LLaDA-8B-Instruct", "original_remask original_remask_eosInf_b32"),
+                         ("liddlefish/DSL-LLaDA-Beta1", "dsl_llada_sde")):
+        (block,) = [b for b in blocks if f"--model {hub}" in b.code]
+        assert f"--methods {methods} --nfe 8 16 32 64" in block.code and "merge" in block.code
+        command = block.command()
+        assert hub not in command and "check_readme.py llada-fixture readme_ci/" in command
+        assert ("--released" in command) == hub.startswith("liddlefish")
+    assert check_readme.fixture_main("llada-fixture", [str(tmp_path / "x"), str(tok_dir), "--bogus"]) == 2
+    assert check_readme.fixture_main("llada-fixture", [str(tmp_path / "released"), str(tok_dir), "--released"]) == 0
+    model, loader = load_model(str(tmp_path / "released"), None, "float32", "cpu")
+    assert loader == "from_llada" and model.config.max_position_embeddings == 512
+    assert float(model.converter.beta) == pytest.approx(0.99)  # the released converter, not a fresh one
