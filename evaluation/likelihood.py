@@ -383,7 +383,7 @@ def run(settings: LikelihoodSettings) -> dict:
 
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = load_model(settings.model, None, settings.dtype, device)
+        model, _ = load_model(settings.model, None, settings.dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.model)
     except OSError as err:
         raise ModelLoadError(str(err)) from None

@@ -671,8 +671,8 @@ def load_model(name: str, revision: Optional[str], dtype: str, device: str, seed
     commit; None: the default branch), in `dtype` on `device`.
 
     A plain LLaDA checkpoint has no converter: from_llada draws its bias c and the noise embeddings
-    E afresh. They are drawn under `torch.manual_seed(seed)` (the global RNG is restored after), so
-    every process of a run (shards, resumes) evaluates the same model."""
+    E afresh, under `seed` (`from_llada(seed=...)`, the global RNG untouched), so every process of a
+    run (shards, resumes) evaluates the same model."""
     import torch
     from transformers import PretrainedConfig
 
@@ -682,9 +682,7 @@ def load_model(name: str, revision: Optional[str], dtype: str, device: str, seed
     config, _ = PretrainedConfig.get_config_dict(name, revision=revision)
     model_type = config.get("model_type")
     if model_type == "llada":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = DSLForDiffusionLM.from_llada(name, revision=revision, torch_dtype=torch_dtype)
+        model = DSLForDiffusionLM.from_llada(name, revision=revision, torch_dtype=torch_dtype, seed=seed)
         loader = "from_llada"
         if not Path(name).is_dir():  # the Hub commit behind `revision` (from_llada's own snapshot; cached)
             from modeling_dsl.modeling_dsl import resolve_checkpoint_dir

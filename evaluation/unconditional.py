@@ -323,7 +323,7 @@ def _load_samples(settings: UnconditionalSettings, device: str, out: Path):
     from .likelihood import ModelLoadError
 
     try:
-        model = load_model(settings.model, None, "float32", device)
+        model, _ = load_model(settings.model, None, "float32", device)
         tokenizer = AutoTokenizer.from_pretrained(settings.model)
     except OSError as err:
         raise ModelLoadError(str(err)) from None

@@ -368,7 +368,8 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
     def from_llada(cls, pretrained_model_name_or_path: str, preset: str = "dsl_llada", strict: bool = True,
                    revision: Optional[str] = None, torch_dtype: Optional[torch.dtype] = None,
                    freeze_lm_head: bool = True, freeze_noise_embeddings: bool = True,
-                   freeze_token_embedding: bool = True, **config_kwargs) -> "DSLForDiffusionLM":
+                   freeze_token_embedding: bool = True, seed: Optional[int] = 42,
+                   **config_kwargs) -> "DSLForDiffusionLM":
         """Build a DSL model from a LLaDA checkpoint (`GSAI-ML/LLaDA-8B-Base` / `-Instruct` format) or
         from a released DSL-LLaDA checkpoint (`liddlefish/DSL-LLaDA-*`), reference llada_dsl.md.
 
@@ -393,6 +394,9 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             freeze_noise_embeddings: `requires_grad=False` on E (the authors' frozen noise_embed, §5.4).
             freeze_token_embedding: `requires_grad=False` on wte (it gets no gradient: the converter
                 feeds the blocks, §5.4).
+            seed: seed of the fresh converter bias and unit-sphere embeddings (default 42, the seed of
+                the authors' embedding release file, §5.2), drawn without touching the global
+                random state, so shards and resumed runs load the same model; None: the global state.
             Other arguments as `from_published`; the flags are not saved (re-apply after reloading).
         """
         folder = resolve_checkpoint_dir(pretrained_model_name_or_path, revision)
@@ -400,7 +404,7 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         config_kwargs.setdefault("eos_token_id", specials["eos_token_id"])
         config_kwargs.setdefault("pad_token_id", specials["pad_token_id"])
         model = cls.from_published(folder, "llada", preset=preset, strict=strict, torch_dtype=torch_dtype,
-                                   warm_start=False, defaults=dict(noise_dim=100), **config_kwargs)
+                                   warm_start=False, defaults=dict(noise_dim=100), seed=seed, **config_kwargs)
         if freeze_lm_head:
             model.get_output_embeddings().weight.requires_grad_(False)
         if freeze_noise_embeddings:
@@ -413,7 +417,8 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
     def from_published(cls, pretrained_model_name_or_path: str, backbone_type: str, preset: str = "paper",
                        strict: bool = True, revision: Optional[str] = None,
                        torch_dtype: Optional[torch.dtype] = None, warm_start: bool = True,
-                       defaults: Optional[dict] = None, **config_kwargs) -> "DSLForDiffusionLM":
+                       defaults: Optional[dict] = None, seed: Optional[int] = None,
+                       **config_kwargs) -> "DSLForDiffusionLM":
         """Build a DSL model from a published checkpoint of a registered backbone's format.
 
         The backbone reads the checkpoint's config and tensors (`config_from_published`,
@@ -436,6 +441,9 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             torch_dtype: parameter dtype; None keeps the published input embedding's dtype.
             warm_start: start the mask bias at the MDLM warm start (see above).
             defaults: `DSLConfig` fields used unless the checkpoint or `config_kwargs` give them.
+            seed: draw the fresh tensors (spherical embeddings, converter bias) under
+                `torch.manual_seed(seed)`, leaving the global random state as it was, so every
+                load of the same checkpoint builds the same model; None draws from the global state.
             config_kwargs: further `DSLConfig` fields; the ones read from the checkpoint cannot be
                 overridden (`ValueError`).
         """
@@ -478,14 +486,17 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         model.load_state_dict(mapped, strict=False, assign=True)
         loaded = set(mapped)
         del mapped
-        materialize_meta(model)
-        if not loaded & released_dsl_names(model):
-            model.converter.init_from_embedding(weights.input_embedding, weights.mask_embedding)
-            if backbone_type == "llada" and model.converter.backbone_embedding.bias is not None:
-                # DSL-LLaDA keeps c at PyTorch's Linear default U(±1/√(V+1)) (llada_dsl.md §5.2).
-                bound = 1.0 / math.sqrt(config.vocab_size + 1)
-                with torch.no_grad():
-                    model.converter.backbone_embedding.bias.uniform_(-bound, bound)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            materialize_meta(model)
+            if not loaded & released_dsl_names(model):
+                model.converter.init_from_embedding(weights.input_embedding, weights.mask_embedding)
+                if backbone_type == "llada" and model.converter.backbone_embedding.bias is not None:
+                    # DSL-LLaDA keeps c at PyTorch's Linear default U(±1/√(V+1)) (llada_dsl.md §5.2).
+                    bound = 1.0 / math.sqrt(config.vocab_size + 1)
+                    with torch.no_grad():
+                        model.converter.backbone_embedding.bias.uniform_(-bound, bound)
         return model
 
 

@@ -612,3 +612,17 @@ def test_accelerate_launch_zero_lora_with_checkpointing_trains_llada_and_the_ada
     reloaded = PeftModel.from_pretrained(DSLForDiffusionLM.from_pretrained(base), str(out))
     lora_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
     assert lora_b and any(bool(p.abs().sum() > 0) for p in lora_b)  # lora_B starts at 0: it trained
+
+
+def test_from_llada_is_seeded_and_leaves_the_global_random_state_alone(llada_dir):
+    path, _ = llada_dir
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = DSLForDiffusionLM.from_llada(str(path))
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(7)  # a different global state: the fresh tensors do not follow it
+    b = DSLForDiffusionLM.from_llada(str(path))
+    for name in ("embed.weight", "converter.backbone_embedding.bias"):
+        assert torch.equal(a.state_dict()[name], b.state_dict()[name]), name
+    c = DSLForDiffusionLM.from_llada(str(path), seed=1)
+    assert not torch.equal(a.embed.weight, c.embed.weight)
