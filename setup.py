@@ -35,6 +35,8 @@ setup(
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
+        # the `dsl` model type of evaluation/lm_eval_dsl.py is written against 0.4.13's registry and request shapes
+        "lm_eval": ["lm-eval==0.4.13"],
         "dev": ["pytest>=8", "hypothesis>=6", "scipy>=1.10"],
     },
     classifiers=[
