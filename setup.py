@@ -16,8 +16,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_dsl", "trainers", "evaluation"],
-    package_data={"trainers": ["configs/*.json", "configs/*.yaml", "demo_data/*.txt", "demo_data/*.md", "demo_data/LICENSE"]},
+    packages=["modeling_dsl", "trainers", "evaluation", "model_cards"],
+    package_data={"model_cards": ["templates/*.md"], "trainers": ["configs/*.json", "configs/*.yaml", "demo_data/*.txt", "demo_data/*.md", "demo_data/LICENSE"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
@@ -37,7 +37,7 @@ setup(
         "deepspeed": ["deepspeed>=0.16"],
         # the `dsl` model type of evaluation/lm_eval_dsl.py is written against 0.4.13's registry and request shapes
         "lm_eval": ["lm-eval==0.4.13"],
-        "dev": ["pytest>=8", "hypothesis>=6", "scipy>=1.10"],
+        "dev": ["pytest>=8", "hypothesis>=6", "scipy>=1.10", "lm-eval==0.4.13"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
