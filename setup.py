@@ -17,7 +17,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["modeling_dsl", "trainers", "evaluation", "model_cards"],
-    package_data={"model_cards": ["templates/*.md"], "trainers": ["configs/*.json", "configs/*.yaml", "demo_data/*.txt", "demo_data/*.md", "demo_data/LICENSE"]},
+    package_data={"model_cards": ["templates/*.md"], "evaluation": ["lm_eval_tasks/*.yaml", "lm_eval_tasks/*.py"],
+                  "trainers": ["configs/*.json", "configs/*.yaml", "demo_data/*.txt", "demo_data/*.md", "demo_data/LICENSE"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
