@@ -189,3 +189,29 @@ def test_lm_eval_command_line_runs_the_dsl_model_offline(model_dir, task_dir, tm
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
     assert set(results["results"]) == {"dsl_tiny_gen", "dsl_tiny_mc"}
     assert "dsl (" in proc.stdout and "standard error of log p" in proc.stderr
+
+
+def test_demo_tasks_load_offline_and_the_runner_has_help(capsys):
+    """The README's tasks (evaluation/lm_eval_tasks): found by lm-eval's TaskManager, built from the
+    shipped WikiText excerpt, each choice list holding the true next word at `label`."""
+    from lm_eval.tasks import TaskManager
+
+    folder = REPO / "evaluation" / "lm_eval_tasks"
+    manager = TaskManager(include_path=str(folder))
+    assert {"dsl_demo_next_word", "dsl_demo_choice", "dsl_demo_wikitext"} <= set(manager.all_tasks)
+    sys.path.insert(0, str(folder))
+    import utils as demo_tasks
+
+    rows = demo_tasks.load()["test"]
+    assert len(rows) >= 16
+    for row in rows:
+        words = row["text"].split()
+        assert row["prompt"] == " ".join(words[:8]) and row["answer"] == " " + words[8]
+        assert row["choices"][row["label"]] == row["answer"] and len(set(row["choices"])) == len(row["choices"])
+    assert len({row["label"] for row in rows}) > 1  # the answer is not always first
+    sys.path.insert(0, str(REPO))
+    from scripts import lm_eval_dsl as runner
+
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(["--help"])
+    assert exit_info.value.code == 0 and "registers `dsl`" in capsys.readouterr().out

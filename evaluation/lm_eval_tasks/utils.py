@@ -2,8 +2,8 @@
 two articles of the WikiText-103 excerpt shipped in `trainers/demo_data/` (the articles
 `scripts/demo.py` holds out from training; CC BY-SA 4.0, see `trainers/demo_data/LICENSE`).
 Offline: nothing is downloaded. Each row: `text` (the sentence), `prompt` (its first 8 words),
-`answer` (" " + the 9th word), `choices` (the answer and the 9th words of two other sentences, in
-a rotating order) and `label` (the answer's index)."""
+`answer` (" " + the 9th word), `choices` (the answer and the distinct 9th words of the next sentences,
+three in a rotating order) and `label` (the answer's index)."""
 
 import re
 from pathlib import Path
@@ -35,9 +35,13 @@ def load(**kwargs):
     for i, sentence in enumerate(pool):
         words = sentence.split()
         answer = " " + words[PROMPT_WORDS]
-        others = [" " + pool[(i + k) % len(pool)].split()[PROMPT_WORDS] for k in (1, 2)]
-        others = [o for o in others if o != answer] or [" the"]
-        choices = [answer] + others
+        choices = [answer]
+        for k in range(1, len(pool)):  # the 9th words of the next sentences, two distinct ones
+            word = " " + pool[(i + k) % len(pool)].split()[PROMPT_WORDS]
+            if word not in choices:
+                choices.append(word)
+            if len(choices) == 3:
+                break
         shift = i % len(choices)
         choices = choices[shift:] + choices[:shift]
         rows.append({"text": sentence, "prompt": " ".join(words[:PROMPT_WORDS]), "answer": answer,
