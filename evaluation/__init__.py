@@ -1,6 +1,8 @@
 """Evaluation library for DSL models (imports `modeling_dsl`; never shipped as remote code).
 
 - `summarization`: zero-shot summarization with ROUGE (the DSL-LLaDA protocol).
+- `lm_eval_dsl`: the `dsl` model type for lm-evaluation-harness (needs the `lm_eval` extra; imported
+  only on demand, e.g. by `scripts/lm_eval_dsl.py`).
 - `reporting`: results JSON with the environment, per-sample JSONL, markdown tables, PNG plots —
   shared by every evaluation.
 """

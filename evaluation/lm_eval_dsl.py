@@ -40,6 +40,9 @@ Request types (lm_eval.md §1):
 - `loglikelihood_rolling`: the text after the prefix token (BOS, else EOS) in lm-eval's rolling
   windows of the model's context length (`lm_eval.utils.get_rolling_token_windows`), each window's
   tokens scored by the estimator given its context, summed.
+
+One process: the harness's data-parallel mode (`accelerate launch`, rank / world size, gathers)
+is not implemented, so several GPUs need one run per task subset.
 """
 
 from __future__ import annotations

@@ -215,3 +215,14 @@ def test_demo_tasks_load_offline_and_the_runner_has_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         runner.main(["--help"])
     assert exit_info.value.code == 0 and "registers `dsl`" in capsys.readouterr().out
+
+
+def test_is_greedy_compares_with_greedy_decoding(model_dir, single_thread):
+    """check_greedy=True: for one continuation token, greedy means the model's argmax given the context."""
+    lm = DSLEvalHarness(pretrained=str(model_dir), device="cpu", check_greedy=True, mc_num=2)
+    context = lm.tok_encode("The album was released in")
+    ids = torch.tensor([context + [0]])
+    masked = torch.zeros_like(ids, dtype=torch.bool)
+    masked[0, -1] = True
+    best = int(clean_logits(lm.model, ids, masked)[0, -1].argmax())
+    assert lm._is_greedy(context, [best]) and not lm._is_greedy(context, [(best + 1) % 384])

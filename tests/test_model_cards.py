@@ -102,3 +102,19 @@ def test_trainer_save_writes_training_args_and_the_card(tmp_path):
     assert training["objective"] == "mdlm" and training["training_arguments"]["learning_rate"] == 1e-4
     card = (tmp_path / "out" / "README.md").read_text()
     assert "objective `mdlm`" in card and "| learning_rate | 0.0001 |" in card and "trust_remote_code=True" in card
+
+
+def test_converted_checkpoint_gets_a_card(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from scripts import convert_checkpoint
+    from test_core_mdlm_parity import write_mdlm_checkpoint
+
+    (tmp_path / "mdlm").mkdir()
+    write_mdlm_checkpoint(tmp_path / "mdlm")
+    convert_checkpoint.main(["--mdlm", str(tmp_path / "mdlm"), "--output", str(tmp_path / "dsl")])
+    card = ModelCard.load(tmp_path / "dsl" / "README.md")
+    assert "| backbone_type | mdlm_dit |" in card.content and "trust_remote_code=True" in card.content
+    assert card.data.base_model is None  # a local source is not Hub metadata
