@@ -285,6 +285,8 @@ def render_model_card(folder: Optional[os.PathLike] = None, *, config: Optional[
     variables = dict(
         model_name=model_name, repo_id=repo_id or "path/to/this/folder", base_model=base_model,
         strategy=strategy, steps=generation_config.get("steps") or 64, objective=objective,
+        # DSL-LLaDA's G = 128 (generate()'s default), within the model's context
+        gen_length=generation_config.get("gen_length") or min(128, (config or {}).get("max_position_embeddings") or 128),
         config_section=_config_section(config, num_parameters) if config is not None else "",
         training_section=_training_section(training), evaluation_section=_evaluation_section(rows),
     )
