@@ -197,11 +197,12 @@ def _training_section(training: Optional[Mapping]) -> str:
     args = training.get("training_arguments", {})
     rows = [("objective", training.get("objective")), ("optimizer steps", training.get("global_step")),
             ("processes", training.get("world_size"))]
-    rows += [(k, args.get(k)) for k in TRAINING_KEYS]
+    by_steps = (args.get("max_steps") or 0) > 0  # max_steps overrides num_train_epochs
+    rows += [(k, args.get(k)) for k in TRAINING_KEYS if not (by_steps and k == "num_train_epochs")]
     rows += [(k, training.get(k)) for k in ("converter_lr_multiplier", "ema_decay")]
-    rows = [(k, _fmt(v)) for k, v in rows if v not in (None, False, "", [])]
-    return ("Trained with `trainers.DSLTrainer` (`scripts/continue_pretrain.py`); the full arguments are in "
-            f"`{TRAINING_ARGS_FILE}`.\n\n" + _table(("argument", "value"), rows))
+    rows = [(k, _fmt(v)) for k, v in rows if v is not None and v is not False and v != "" and v != []]
+    return (f"Trained with `trainers.DSLTrainer`; the full arguments are in `{TRAINING_ARGS_FILE}`.\n\n"
+            + _table(("argument", "value"), rows))
 
 
 def _evaluation_section(rows: List[dict]) -> str:
