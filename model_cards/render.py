@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -263,7 +263,8 @@ def render_model_card(folder: Optional[os.PathLike] = None, *, config: Optional[
     if config is None and adapter is None:
         raise FileNotFoundError(f"no config.json in {folder}: not a DSL checkpoint folder")
     if config is not None and config.get("model_type") not in (None, DSL_MODEL_TYPE):
-        raise ValueError(f"config.json has model_type={config.get('model_type')!r}; expected a DSL checkpoint ({DSL_MODEL_TYPE!r})")
+        raise ValueError(f"config.json has model_type={config.get('model_type')!r}; "
+                         f"expected a DSL checkpoint ({DSL_MODEL_TYPE!r})")
     if num_parameters is None and folder is not None and adapter is None:
         num_parameters = count_parameters(folder)
     rows = collect_eval_results(folder, eval_files)
@@ -294,7 +295,8 @@ def render_model_card(folder: Optional[os.PathLike] = None, *, config: Optional[
     if adapter is not None:
         targets = adapter.get("target_modules")
         variables.update(
-            targets=f"matching `{targets}`" if isinstance(targets, str) else ", ".join(f"`{t}`" for t in sorted(targets or [])),
+            targets=(f"matching `{targets}`" if isinstance(targets, str)
+                     else ", ".join(f"`{t}`" for t in sorted(targets or []))),
             saved=", ".join(f"`{m}`" for m in adapter.get("modules_to_save") or []) or "no module",
             base=adapter.get("base_model_name_or_path") or "the base checkpoint",
             r=adapter.get("r"), alpha=adapter.get("lora_alpha"), dropout=adapter.get("lora_dropout"))

@@ -171,7 +171,8 @@ def upload(args, token, files) -> int:
         api.create_repo(args.repo_id, private=True if args.private else None, exist_ok=True)  # None: the namespace default
         if args.revision and args.revision != "main":
             api.create_branch(args.repo_id, branch=args.revision, exist_ok=True)
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in sorted(files.items())]
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+                      for name, path in sorted(files.items())]
         info = api.create_commit(args.repo_id, operations=operations, revision=args.revision,
                                  commit_message=args.commit_message or "Upload DSL checkpoint",
                                  create_pr=args.create_pr)

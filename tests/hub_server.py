@@ -75,7 +75,8 @@ class HubServer:
                     if repo.startswith("forbidden/"):
                         return self._reply(403, {"error": "You don't have the rights to create a model under this "
                                                           "namespace"})
-                    server.repos.setdefault(repo, {"private": spec.get("visibility") == "private" or spec.get("private") is True,
+                    private = spec.get("visibility") == "private" or spec.get("private") is True
+                    server.repos.setdefault(repo, {"private": private,
                                                    "branches": {"main"}})
                     return self._reply(200, {"url": f"{server.url}/{repo}", "name": repo})
                 m = re.match(r"^/api/models/(.+?/.+?)/(preupload|commit|branch)/(.+)$", path)

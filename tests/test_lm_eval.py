@@ -20,7 +20,6 @@ lm_eval = pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from evaluation import lm_eval_dsl  # noqa: E402
 from evaluation.lm_eval_dsl import DSLEvalHarness, cut_at_stop, mc_mask_loglikelihood  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
