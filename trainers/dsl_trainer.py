@@ -31,6 +31,7 @@ saved as `ema.safetensors` in each checkpoint, restored on resume and swapped in
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from typing import Optional, Sequence
@@ -225,49 +226,31 @@ class EMACallback(TrainerCallback):
 # ----------------------------------------------------------------------------- trainer
 
 
-ADAPTER_CARD = """---
-library_name: peft
-tags:
-- dsl-diffusion
-- lora
----
-
-# LoRA adapter for a DSL diffusion language model
-
-A PEFT LoRA adapter trained with `trainers.DSLTrainer` (objective `{objective}`) on the DSL checkpoint
-`{base}`. It holds the low-rank weights of the backbone modules {targets} and full copies of
-{saved} (`modules_to_save`); it is not a full model.
-
-Loading needs the [`peft`](https://github.com/huggingface/peft) package (`pip install peft`):
-
-```python
-from peft import PeftModel
-from transformers import AutoModel
-
-base = AutoModel.from_pretrained("{base}", trust_remote_code=True)
-model = PeftModel.from_pretrained(base, "path/to/this/folder")
-model = model.merge_and_unload()  # optional: a plain DSLForDiffusionLM
-out = model.generate(strategy="{strategy}", steps=64, gen_length=48)
-```
-
-LoRA: r = {r}, alpha = {alpha}, dropout = {dropout}.
-"""
+def training_record(trainer) -> dict:
+    """What `training_args.json` holds (read by the model card): the objective, the optimizer step,
+    the process count, DSLTrainer's own options and every `TrainingArguments` field (tokens
+    redacted by `TrainingArguments.to_json_string`)."""
+    ema = trainer.ema_callback
+    return {"objective": trainer.objective, "global_step": trainer.state.global_step,
+            "world_size": trainer.args.world_size, "converter_lr_multiplier": trainer.converter_lr_multiplier,
+            "ema_decay": ema.decay if ema is not None else None,
+            "training_arguments": json.loads(trainer.args.to_json_string())}
 
 
-def write_adapter_card(model, output_dir: str, objective: str) -> None:
-    """Replace the template README.md that PEFT writes beside an adapter (a page of "[More
-    Information Needed]") by a card that says what the adapter is and that loading it needs `peft`."""
-    config = next(iter(model.peft_config.values()))
-    targets = config.target_modules
-    targets = f"matching `{targets}`" if isinstance(targets, str) else ", ".join(f"`{t}`" for t in sorted(targets))
-    saved = ", ".join(f"`{m}`" for m in (config.modules_to_save or [])) or "no module"
-    dsl = unwrap_to_dsl(model)
-    text = ADAPTER_CARD.format(objective=objective, base=config.base_model_name_or_path or "the base checkpoint",
-                               targets=targets, saved=saved, r=config.r, alpha=config.lora_alpha,
-                               dropout=config.lora_dropout,
-                               strategy=getattr(dsl.generation_config, "strategy", "sde"))
-    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+def write_checkpoint_card(trainer, output_dir: str) -> None:
+    """`training_args.json` and the model card (README.md, `model_cards`) of a saved model or PEFT
+    adapter folder; PEFT's own template card (a page of "[More Information Needed]") is replaced."""
+    from model_cards import TRAINING_ARGS_FILE, write_model_card
+
+    training = training_record(trainer)
+    with open(os.path.join(output_dir, TRAINING_ARGS_FILE), "w", encoding="utf-8") as f:
+        json.dump(training, f, indent=2)
+        f.write("\n")
+    dsl = unwrap_to_dsl(trainer.model)
+    base = getattr(dsl.config, "name_or_path", None) or None
+    config = dsl.config.to_dict() if hasattr(trainer.model, "peft_config") else None
+    write_model_card(output_dir, config=config, training=training, base_model=base,
+                     generation_config=dsl.generation_config.to_dict())
 
 
 # Samplers that feed only masked (γ = 0) and visible tokens: the ones an MDLM-objective model serves.
@@ -573,11 +556,12 @@ class DSLTrainer(Trainer):
                              ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
-        """`Trainer._save`; a PEFT adapter folder gets a real model card instead of PEFT's template."""
+        """`Trainer._save`, plus `training_args.json` and a model card (README.md) beside the weights
+        (`write_checkpoint_card`); a PEFT adapter folder gets a real card instead of PEFT's template."""
         super()._save(output_dir, state_dict=state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if hasattr(self.model, "peft_config") and self.args.should_save:
-            write_adapter_card(self.model, output_dir, self.objective)
+        if self.args.should_save:
+            write_checkpoint_card(self, output_dir)
 
     def save_ema_model(self, output_dir: str) -> None:
         """Save the model with the EMA weights swapped in (a loadable `save_pretrained` folder)."""
