@@ -220,7 +220,7 @@ class DSLEvalHarness(LM):
         self.check_greedy = bool(check_greedy)
         self.estimator = LIKELIHOOD_ESTIMATORS[likelihood]
         self._device = torch.device(device)
-        self.model = load_model(str(pretrained), revision, dtype, device)
+        self.model, _ = load_model(str(pretrained), revision, dtype, device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or pretrained), revision=revision)
         self.max_length = _positive_int("max_length", max_length) if max_length is not None else model_context(self.model)
         self.gen_length = _positive_int("gen_length", gen_length) if gen_length is not None else None
