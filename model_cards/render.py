@@ -113,7 +113,9 @@ def _metric_value(value, parent: Mapping, key: str):
     return float(value), (float(stderr) if isinstance(stderr, (int, float)) else None)
 
 
-def _generic_rows(data: Any, kind: str, inherited: Optional[dict] = None) -> List[dict]:
+def _generic_rows(data: Any, kind: str, inherited: Optional[dict] = None, results_of: bool = False) -> List[dict]:
+    """Metric rows of `data`; `results_of`: `data` is a `results` mapping whose keys name the
+    estimator of each entry (`evaluation/likelihood.py` writes {"results": {"dsl": {...}, "roar": {...}}})."""
     inherited = dict(inherited or {})
     rows: List[dict] = []
     if isinstance(data, list):
@@ -122,9 +124,15 @@ def _generic_rows(data: Any, kind: str, inherited: Optional[dict] = None) -> Lis
         return rows
     if not isinstance(data, Mapping):
         return rows
+    if isinstance(data.get("data"), str) and "dataset" not in data:  # the evaluated file
+        inherited["dataset"] = Path(data["data"]).name
     for key in ("dataset",) + SETTING_KEYS:
         if isinstance(data.get(key), (str, int, float)) and not isinstance(data.get(key), bool):
             inherited[key] = data[key]
+    if results_of:
+        return [row for key, value in data.items()
+                for row in _generic_rows(value, kind, {**inherited, "estimator": key} if isinstance(value, Mapping)
+                                         else inherited)]
     for key, value in data.items():
         if key in METRIC_NAMES:
             found = _metric_value(value, data, key)
@@ -134,7 +142,7 @@ def _generic_rows(data: Any, kind: str, inherited: Optional[dict] = None) -> Lis
                 rows.append({"kind": kind, "dataset": str(inherited.get("dataset", "unknown")), "metric": metric,
                              "name": name, "setting": setting or None, "value": found[0], "stderr": found[1]})
         elif isinstance(value, (Mapping, list)) and key not in ("environment", "settings", "config"):
-            rows += _generic_rows(value, kind, inherited)
+            rows += _generic_rows(value, kind, inherited, results_of=key == "results" and isinstance(value, Mapping))
     return rows
 
 

@@ -248,6 +248,13 @@ def test_cli_help_errors_and_a_run(trained, tmp_path):
     report = json.loads((out / "likelihood.json").read_text())
     assert set(report["results"]) == {"dsl", "roar"} and report["environment"]["packages"]["torch"]
     assert "| dsl |" in (out / "likelihood.md").read_text()
+    # the model card reads this file's rows with their estimator and data set
+    from model_cards.render import collect_eval_results
+
+    rows = [r for r in collect_eval_results(extra={"likelihood": out / "likelihood.json"}) if r["metric"] == "nll"]
+    assert sorted(r["setting"] for r in rows) == ["estimator=dsl", "estimator=roar"]
+    assert {r["dataset"] for r in rows} == {"held_out.txt"}
+    assert {r["value"] for r in rows} == {report["results"][e]["nats_per_token"] for e in ("dsl", "roar")}
 
 
 def test_cli_argument_checks(trained, tmp_path, capsys):
