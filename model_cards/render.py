@@ -129,10 +129,10 @@ def _generic_rows(data: Any, kind: str, inherited: Optional[dict] = None, result
     for key in ("dataset",) + SETTING_KEYS:
         if isinstance(data.get(key), (str, int, float)) and not isinstance(data.get(key), bool):
             inherited[key] = data[key]
-    if results_of:
+    if results_of:  # a key names its entry only when the entry names no setting itself
         return [row for key, value in data.items()
                 for row in _generic_rows(value, kind, {**inherited, "estimator": key} if isinstance(value, Mapping)
-                                         else inherited)]
+                                         and not set(SETTING_KEYS) & set(value) else inherited)]
     for key, value in data.items():
         if key in METRIC_NAMES:
             found = _metric_value(value, data, key)
