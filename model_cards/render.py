@@ -124,11 +124,14 @@ def _generic_rows(data: Any, kind: str, inherited: Optional[dict] = None, result
         return rows
     if not isinstance(data, Mapping):
         return rows
-    if isinstance(data.get("data"), str) and "dataset" not in data:  # the evaluated file
-        inherited["dataset"] = Path(data["data"]).name
-    for key in ("dataset",) + SETTING_KEYS:
-        if isinstance(data.get(key), (str, int, float)) and not isinstance(data.get(key), bool):
-            inherited[key] = data[key]
+    settings = data.get("settings") if isinstance(data.get("settings"), Mapping) else {}
+    for source in (settings, data):  # the run's settings (unconditional.json), then the entry's own
+        for key in ("data", "references"):  # the evaluated / reference file names the data set
+            if isinstance(source.get(key), str) and not source.get("dataset"):
+                inherited["dataset"] = Path(source[key]).name
+        for key in ("dataset",) + SETTING_KEYS:
+            if isinstance(source.get(key), (str, int, float)) and not isinstance(source.get(key), bool):
+                inherited[key] = source[key]
     if results_of:  # a key names its entry only when the entry names no setting itself
         return [row for key, value in data.items()
                 for row in _generic_rows(value, kind, {**inherited, "estimator": key} if isinstance(value, Mapping)

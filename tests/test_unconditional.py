@@ -177,6 +177,10 @@ def test_cli_help_errors_and_scoring_a_samples_file(oracle, tmp_path):
     report = json.loads((out / "unconditional.json").read_text())
     assert report["metrics"]["entropy"] == pytest.approx(unigram_entropy([1, 1, 2, 3]) / 2)
     assert report["metrics"]["gen_ppl"] > 1 and "GenPPL" in (out / "unconditional.md").read_text()
+    from model_cards.render import collect_eval_results  # the model card reads this file's metrics
+
+    rows = {r["metric"]: r["value"] for r in collect_eval_results(extra={"unconditional": out / "unconditional.json"})}
+    assert rows == {"entropy": report["metrics"]["entropy"], "gen_ppl": report["metrics"]["gen_ppl"]}
 
 
 def test_cli_argument_checks(tmp_path, capsys):
