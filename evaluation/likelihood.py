@@ -377,14 +377,14 @@ class LikelihoodSettings:
 
 def run(settings: LikelihoodSettings) -> dict:
     """Load, evaluate, write `likelihood.json` and `likelihood.md` into `output_dir`; returns the results."""
-    from transformers import AutoTokenizer
+    from modeling_dsl import load_tokenizer
 
     from .summarization import load_model, model_context
 
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model, _ = load_model(settings.model, None, settings.dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.model)
+        tokenizer = load_tokenizer(settings.tokenizer or settings.model)
     except OSError as err:
         raise ModelLoadError(str(err)) from None
     if not settings.estimators_given:

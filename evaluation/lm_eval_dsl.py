@@ -197,7 +197,7 @@ class DSLEvalHarness(LM):
                  seed: int = DEFAULT_SEED, max_length: Optional[int] = None, gen_length: Optional[int] = None,
                  **generation_kwargs):
         super().__init__()
-        from transformers import AutoTokenizer
+        from modeling_dsl import load_tokenizer
 
         unknown = sorted(set(generation_kwargs) - set(FIELDS))
         if unknown:
@@ -221,7 +221,7 @@ class DSLEvalHarness(LM):
         self.estimator = LIKELIHOOD_ESTIMATORS[likelihood]
         self._device = torch.device(device)
         self.model, _ = load_model(str(pretrained), revision, dtype, device)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or pretrained), revision=revision)
+        self.tokenizer = load_tokenizer(str(tokenizer or pretrained), revision=revision)
         self.max_length = _positive_int("max_length", max_length) if max_length is not None else model_context(self.model)
         self.gen_length = _positive_int("gen_length", gen_length) if gen_length is not None else None
         self.generation_kwargs = dict(generation_kwargs)

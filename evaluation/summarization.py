@@ -801,15 +801,13 @@ class _Generation:
 def _prepare_generation(settings: EvalSettings, datasets_: List[Dataset], generating: List[Method],
                         mine: Dict[str, List[Sample]]) -> _Generation:
     import torch
-    from transformers import AutoTokenizer
+    from modeling_dsl import load_tokenizer
 
     if not settings.model:
         raise ValueError(f"methods {[m.label for m in generating]} need a model (--model)")
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # No remote code: LLaDA's config.json names remote classes (auto_map), its tokenizer needs none.
-    tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.model,
-                                              revision=None if settings.tokenizer else settings.revision,
-                                              trust_remote_code=False)
+    tokenizer = load_tokenizer(settings.tokenizer or settings.model,
+                               revision=None if settings.tokenizer else settings.revision)
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if settings.chat_template == "on" and not has_template:
         raise ValueError("chat_template='on' but the tokenizer has no chat template")

@@ -308,7 +308,7 @@ class UnconditionalSettings:
 
 def _load_samples(settings: UnconditionalSettings, device: str, out: Path):
     """(records, tokenizer or None, gen_length)."""
-    from transformers import AutoTokenizer
+    from modeling_dsl import load_tokenizer
 
     from .summarization import load_model, model_context
 
@@ -324,7 +324,7 @@ def _load_samples(settings: UnconditionalSettings, device: str, out: Path):
 
     try:
         model, _ = load_model(settings.model, None, "float32", device)
-        tokenizer = AutoTokenizer.from_pretrained(settings.model)
+        tokenizer = load_tokenizer(settings.model)
     except OSError as err:
         raise ModelLoadError(str(err)) from None
     gen_length = settings.gen_length or model_context(model)

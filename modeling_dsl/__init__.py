@@ -11,7 +11,7 @@ from .backbone_base import DSLBackbone, PublishedWeights
 from .configuration_dsl import DSLConfig
 from .converter_dsl import SoftmaxConverter, SphericalEmbedding
 from .generation_dsl import DSLGenerationConfig, DSLGenerationMixin
-from .modeling_dsl import DSLDiffusionOutput, DSLForDiffusionLM, DSLPreTrainedModel
+from .modeling_dsl import DSLDiffusionOutput, DSLForDiffusionLM, DSLPreTrainedModel, load_tokenizer
 from .noise_dsl import SNRSampler, corrupt, optimal_denoiser, snr_schedule, token_posterior
 
 AutoConfig.register(DSLConfig.model_type, DSLConfig, exist_ok=True)
@@ -22,5 +22,5 @@ __all__ = [
     "DSLConfig", "DSLForDiffusionLM", "DSLPreTrainedModel", "DSLDiffusionOutput", "DSLGenerationConfig",
     "DSLBackbone", "PublishedWeights",
     "DSLGenerationMixin", "SoftmaxConverter", "SphericalEmbedding", "SNRSampler", "corrupt",
-    "optimal_denoiser", "snr_schedule", "token_posterior",
+    "optimal_denoiser", "snr_schedule", "token_posterior", "load_tokenizer",
 ]

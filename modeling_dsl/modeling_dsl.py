@@ -538,6 +538,18 @@ def llada_special_ids(folder: str) -> dict:
 # --------------------------------------------------------------------------- checkpoint I/O (any backbone)
 
 
+def load_tokenizer(name_or_path: str, **kwargs):
+    """`AutoTokenizer.from_pretrained` for a checkpoint folder or repo, without remote code.
+
+    A DSL (or LLaDA) checkpoint's config.json names remote model classes (`auto_map`), which makes
+    transformers ask "run custom code? [y/N]" (15 s timeout) when it reads the config to find the
+    tokenizer; the tokenizers themselves (GPT-2 BPE, LLaDA's) are standard, so none is needed."""
+    from transformers import AutoTokenizer
+
+    kwargs.setdefault("trust_remote_code", False)
+    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+
+
 def resolve_checkpoint_dir(name_or_path: str, revision: Optional[str] = None) -> str:
     """A local directory as is; otherwise download the repo's config and safetensors from the Hub."""
     if os.path.isdir(name_or_path):

@@ -182,11 +182,11 @@ def write_mdlm_fixture(folder: str, tokenizer: str) -> None:
     """A tiny checkpoint in the published `kuleshov-group/mdlm-owt` format whose vocabulary fits
     `tokenizer` (V real tokens + MDLM's mask row): the README's MDLM commands run against it in CI."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from transformers import AutoTokenizer
+    from modeling_dsl import load_tokenizer
 
     from test_core_mdlm_parity import TINY, write_mdlm_checkpoint
 
-    size = len(AutoTokenizer.from_pretrained(tokenizer))
+    size = len(load_tokenizer(tokenizer))
     os.makedirs(folder, exist_ok=True)
     write_mdlm_checkpoint(Path(folder), cfg={**TINY, "vocab_size": size + 1})
 

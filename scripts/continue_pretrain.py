@@ -39,9 +39,9 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain clone without installing
 
 import transformers  # noqa: E402
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed  # noqa: E402
+from transformers import HfArgumentParser, TrainingArguments, set_seed  # noqa: E402
 
-from modeling_dsl import DSLConfig, DSLForDiffusionLM  # noqa: E402
+from modeling_dsl import DSLConfig, DSLForDiffusionLM, load_tokenizer as load_checkpoint_tokenizer  # noqa: E402
 from scripts.cli_checks import check_input_file, check_output_dir, check_source  # noqa: E402
 from modeling_dsl.configuration_dsl import SNR_PRESETS  # noqa: E402
 from trainers.data import (  # noqa: E402
@@ -241,7 +241,7 @@ def load_tokenizer(model_args: ModelArguments, data_args: DataArguments):
     name = data_args.tokenizer_name or model_args.model_name_or_path or model_args.llada_checkpoint
     if name is None:
         raise ValueError("--tokenizer_name is required when starting from an MDLM checkpoint or a fresh config")
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer = load_checkpoint_tokenizer(name)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"--tokenizer_name {name!r} has no eos_token (needed for BOS/EOS wrapping)")
     if tokenizer.pad_token_id is None:

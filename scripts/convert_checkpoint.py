@@ -75,9 +75,9 @@ def main(argv=None):
     model = DSLForDiffusionLM.from_mdlm(args.mdlm, preset=args.preset, strict=not args.no_strict, **overrides)
     tokenizer = None
     if args.tokenizer is not None:
-        from transformers import AutoTokenizer
+        from modeling_dsl import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        tokenizer = load_tokenizer(args.tokenizer)
         check_tokenizer(tokenizer, model.config, args.tokenizer)
     output = os.path.abspath(args.output)
     parent = os.path.dirname(output)

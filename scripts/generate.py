@@ -206,10 +206,12 @@ def generate_texts(model, tokenizer, args, prompts):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    from modeling_dsl import load_tokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=True)  # config.json has an auto_map
+        tokenizer = load_tokenizer(args.checkpoint)
     except OSError as err:
         raise OSError(f"{describe_missing(args.checkpoint, 'checkpoint')}: {err}") from None
     if tokenizer.pad_token is None:  # GPT-2 has none; generate() only reads the attention mask

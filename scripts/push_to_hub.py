@@ -146,9 +146,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as staging:
         files = {name: folder / name for name in pushed}
         if "tokenizer_config.json" not in pushed:
-            from transformers import AutoTokenizer
+            from modeling_dsl import load_tokenizer
 
-            for name in AutoTokenizer.from_pretrained(args.tokenizer).save_pretrained(staging):
+            for name in load_tokenizer(args.tokenizer).save_pretrained(staging):
                 files[os.path.basename(name)] = Path(name)
         card.save(os.path.join(staging, "README.md"))
         files["README.md"] = Path(staging) / "README.md"
