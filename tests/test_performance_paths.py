@@ -277,3 +277,26 @@ def test_split_denoiser_needs_both_parts():
     with pytest.raises(ValueError, match="state_inputs_fn and fixed_inputs"):
         S.Denoiser(lambda z: z, None, emb, 1.0, fixed_inputs=torch.ones(1, 2, dtype=torch.bool))
     assert not math.isnan(S.Denoiser(lambda z: z, None, emb, 1.0).visible_snr)
+
+
+def test_inference_converter_reuses_the_padded_keys_and_notices_a_changed_embedding(monkeypatch):
+    model = tiny_model(seed=1, weight_std=0.1)
+    conv, z = model.converter, torch.randn(2, 6, 8) * 3
+    with torch.no_grad():
+        unit = model.noise_embeddings()
+        first = conv(z, unit)
+        keys = conv.__dict__["_keys_cache"][2]
+        again = conv(z, unit)
+        assert conv.__dict__["_keys_cache"][2] is keys  # no new pad for the same, unchanged E
+        with monkeypatch.context() as patch:
+            patch.setattr(SoftmaxConverter, "forward", straightforward_converter)
+            ref = conv(z, unit)
+        unit.mul_(-1.0)  # in place: the cached keys are stale
+        flipped = conv(z, unit)
+        with monkeypatch.context() as patch:
+            patch.setattr(SoftmaxConverter, "forward", straightforward_converter)
+            flipped_ref = conv(z, unit)
+    assert torch.equal(first, again)
+    torch.testing.assert_close(first, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(flipped, flipped_ref, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(flipped, first)
