@@ -106,8 +106,9 @@ class SlotProjection(torch.autograd.Function):
                     grad_w += (g_out.t() @ probs.to(dtype)).float()
                 if not need_logits:
                     continue
-                g_probs = (g_out @ w).float()  # (m, V+1)
-                g_logits = probs * (g_probs - (g_probs * probs).sum(dim=-1, keepdim=True))  # softmax backward
+                g_probs = (g_out @ w).float()  # (m, V+1), a fresh tensor: updated in place below
+                # softmax backward, g_logits = π ⊙ (g_π − ⟨g_π, π⟩), without (m, V+1) temporaries
+                g_logits = g_probs.sub_(torch.linalg.vecdot(g_probs, probs).unsqueeze(-1)).mul_(probs)
                 del probs, g_probs
                 if need_b:
                     grad_b += g_logits.sum(dim=0)
