@@ -216,6 +216,8 @@ class Denoiser:
                 backbone's own token embedding instead of the converter output
                 (`prompt_embedding="backbone"`, DSL-LLaDA's clean wte(prompt)). In a doubled (CFG)
                 batch only the conditional half is, the unconditional half keeps its masked prompt.
+                The masked samplers keep these rows in the draft's cached inputs (`fixed_inputs`)
+                and still run the converter only on the positions that change.
             token_inputs: "converter", or "backbone": the masked samplers' discrete states (visible
                 tokens and masks alike) are fed as the backbone's own token embedding, i.e. the
                 published model itself (LLaDA's generate.py); continuous SDE states still use the converter.
