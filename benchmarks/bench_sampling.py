@@ -25,13 +25,17 @@ flags), one process, in this order:
    and on `Denoiser.from_model(model, compile=True)`; same tokens checked, compile time reported
    apart (a first call), then both timed, fastest of `--repeats` calls each.
 
+Times are the process's CPU time on a CPU device (`--clock auto`; run with `--threads 1`, see
+`measure.timed`: on a shared machine the elapsed time mostly measures the other jobs) and wall-clock
+time on CUDA.
+
 Printed per sampler: NFE, seconds, samples/s, tokens/s, speed-up over its reference loop, and
 time / (NFE × bare forward), the sampler's cost per network evaluation relative to one bare
 forward (below 1: the sampler evaluates less than a full forward per step, e.g. the converter only
 on changed positions and the LM head only on drawn rows).
 
     python benchmarks/bench_sampling.py                                    # small defaults, minutes on 2 cores
-    python benchmarks/bench_sampling.py --batch_size 16 --seq_len 256 --steps 64 --samplers mdlm,remdm
+    python benchmarks/bench_sampling.py --threads 1 --batch_size 4 --seq_len 256 --steps 64 --samplers mdlm,remdm
     python benchmarks/bench_sampling.py --device cuda --dtype bfloat16 --hidden_size 768 --num_layers 12 \\
         --num_heads 12 --seq_len 1024 --steps 128 --batch_size 16
 """
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import time
 
@@ -70,6 +75,7 @@ def parse_args(argv=None):
     parser.add_argument("--no_reference", action="store_true", help="skip the reference-style loops")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast dtype")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    measure.add_clock_flag(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -86,7 +92,7 @@ def parse_args(argv=None):
         raise ValueError("--block_length must divide --seq_len and the number of blocks must divide --steps")
     if "hybrid" in args.sampler_list and args.steps < 2:
         raise ValueError("hybrid needs --steps >= 2")
-    measure.resolve_device(args.device)
+    measure.resolve_clock(args.clock, measure.resolve_device(args.device))
     return args
 
 
@@ -264,6 +270,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = measure.resolve_device(args.device)
+    clock = measure.resolve_clock(args.clock, device)
+    timed = functools.partial(measure.timed, clock=clock)
     model = build_model(args, device)
     snr_max = float(model.config.snr_max)
     eta = args.eta if args.eta is not None else eta_cap_default(args.steps)
@@ -271,14 +279,14 @@ def main(argv=None) -> dict:
     batch, length = args.batch_size, args.seq_len
     print(f"Sampling, DSL DiT D={args.hidden_size}, layers={args.num_layers}, heads={args.num_heads}, "
           f"V={args.vocab_size}, d={args.noise_dim}; B={batch}, L={length}, T={args.steps}, {args.dtype}, "
-          f"on {measure.describe_device(device)}, {time.strftime('%Y-%m-%d %H:%M')}, {measure.load_average()}",
-          flush=True)
-    results = {"args": {k: v for k, v in vars(args).items() if k != "sampler_list"}, "samplers": {},
+          f"on {measure.describe_device(device)}, {time.strftime('%Y-%m-%d %H:%M')}, {measure.load_average()}; "
+          f"times are {'CPU' if clock == 'cpu' else 'wall-clock'} seconds", flush=True)
+    results = {"args": {k: v for k, v in vars(args).items() if k != "sampler_list"}, "clock": clock, "samplers": {},
                "references": {}, "compiled": {}}
 
     with torch.no_grad(), autocast:
         z = torch.randn(batch, length, args.noise_dim, generator=torch.Generator().manual_seed(1)).to(device) * 3
-        times, _ = measure.timed(lambda: full_logits(model, z), device, args.repeats + 1)
+        times, _ = timed(lambda: full_logits(model, z), device, args.repeats + 1)
         bare = min(times)
         results["bare_forward_seconds"] = bare
         print(f"bare forward (converter + blocks + LM head on {batch * length} positions): {bare:.3f} s "
@@ -291,13 +299,13 @@ def main(argv=None) -> dict:
                 fn = lambda: reference_low_confidence(model, args, gen)  # noqa: E731
             else:
                 fn = lambda: reference_masked(model, args, "loop" if ref == "remdm_loop" else "mdlm", eta, gen)  # noqa: E731
-            (seconds,), (_, nfe) = measure.timed(fn, device)
+            (seconds,), (_, nfe) = timed(fn, device)
             results["references"][ref] = {"seconds": seconds, "nfe": nfe}
             print(f"reference-style {ref}: {seconds:.2f} s, NFE {nfe}", flush=True)
 
         for name in args.sampler_list:
             kwargs = generate_kwargs(name, args, snr_max, eta)
-            times, out = measure.timed(lambda: model.generate(return_dict_in_generate=True, **kwargs), device,
+            times, out = timed(lambda: model.generate(return_dict_in_generate=True, **kwargs), device,
                                        args.repeats)
             seconds = min(times)
             ref = results["references"].get(REFERENCE_OF[name])
@@ -312,10 +320,10 @@ def main(argv=None) -> dict:
             for name in [n for n in args.sampler_list if n in COMPILED]:
                 eager = Denoiser.from_model(model, visible_snr=snr_max)
                 compiled = Denoiser.from_model(model, visible_snr=snr_max, compile=True)
-                eager_times, a = measure.timed(lambda: direct_call(name, eager, args, snr_max, eta, device), device,
+                eager_times, a = timed(lambda: direct_call(name, eager, args, snr_max, eta, device), device,
                                                args.repeats)
-                (t_first,), b = measure.timed(lambda: direct_call(name, compiled, args, snr_max, eta, device), device)
-                comp_times, c = measure.timed(lambda: direct_call(name, compiled, args, snr_max, eta, device), device,
+                (t_first,), b = timed(lambda: direct_call(name, compiled, args, snr_max, eta, device), device)
+                comp_times, c = timed(lambda: direct_call(name, compiled, args, snr_max, eta, device), device,
                                               args.repeats)
                 t_eager, t_comp = min(eager_times), min(comp_times)
                 same = torch.equal(a.tokens, b.tokens) and torch.equal(a.tokens, c.tokens)

@@ -15,7 +15,8 @@ Two objectives on the same data (one random batch of token ids), each in a fresh
 Peak memory: per objective a fresh process runs a warm-up step and one measured step
 (`benchmarks/measure.py`). Time: one more process builds both models and, after a warm-up step
 of each, alternates their steps `--steps` times (DSL, MDLM, DSL, …), so a change of machine load
-during the run affects both alike; the median step time is reported. FLOPs per step are counted from the shapes
+during the run affects both alike; the median step time is reported (on a CPU device the
+process's CPU time, `--clock`, see `measure.timed`). FLOPs per step are counted from the shapes
 (matmuls only, training = forward + 2× forward for backward): the DiT blocks (QKV, output,
 MLP, attention scores and values), the LM head on every position, and for DSL the converter: the
 (V+1)×d slot logits, the (V+1)×D projection, and the slot logits once more in backward (the
@@ -50,13 +51,15 @@ def parse_args(argv=None):
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="the device's dense peak TFLOP/s for MFU (known GPUs: looked up)")
     measure.add_optimizer_flag(parser)
+    measure.add_clock_flag(parser)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of every worker (default: torch's)")
     parser.add_argument("--worker", default=None, choices=OBJECTIVES + ("timing",), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     measure.check_positive(args, ("vocab_size", "hidden_size", "num_layers", "num_heads", "noise_dim", "seq_len",
                                   "batch_size", "steps"))
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         raise ValueError(f"--peak_tflops must be > 0, got {args.peak_tflops}")
-    measure.resolve_device(args.device)
+    measure.resolve_clock(args.clock, measure.resolve_device(args.device))
     return args
 
 
@@ -152,6 +155,10 @@ def build_step(args, objective: str, device):
 
 
 def worker(args) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = measure.resolve_device(args.device)
     if args.worker == "timing":
         steps = {name: build_step(args, name, device)[1] for name in OBJECTIVES}
@@ -160,7 +167,7 @@ def worker(args) -> dict:
         times = {name: [] for name in OBJECTIVES}
         for _ in range(args.steps):
             for name, step in steps.items():
-                (seconds,), _ = measure.timed(step, device)
+                (seconds,), _ = measure.timed(step, device, clock=measure.resolve_clock(args.clock, device))
                 times[name].append(seconds)
         return {name: [round(t, 3) for t in values] for name, values in times.items()}
     model, step = build_step(args, args.worker, device)
@@ -190,8 +197,10 @@ def main(argv=None) -> list:
     tokens = args.batch_size * args.seq_len
     print(f"Training step, DiT D={args.hidden_size}, layers={args.num_layers}, V={args.vocab_size}, "
           f"d={args.noise_dim}, B={args.batch_size}, L={args.seq_len}, {args.dtype}, {args.optim}, "
-          f"checkpointing={args.gradient_checkpointing}, on {measure.describe_device(device)}; {start_load} at "
-          f"the start, {measure.load_average()} at the end")
+          f"checkpointing={args.gradient_checkpointing}, on {measure.describe_device(device)}"
+          f"{'' if args.threads is None else f' ({args.threads} torch threads)'}; {start_load} at the start, "
+          f"{measure.load_average()} at the end; step times in "
+          f"{'CPU' if measure.resolve_clock(args.clock, device) == 'cpu' else 'wall-clock'} seconds")
     header = f"{'objective':>10} {'params (M)':>10} {'step (s)':>9} {'tokens/s':>9} {'peak MiB':>9} {'GFLOP/step':>11} " \
              f"{'converter':>10} {'TFLOP/s':>8} {'MFU':>6} {'loss':>8}"
     print(header)

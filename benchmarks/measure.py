@@ -117,19 +117,46 @@ def peak_step_memory(step: Callable, device) -> tuple:
     return _peak_rss_bytes() - before, seconds, out
 
 
-def timed(fn: Callable, device, repeats: int = 1) -> tuple:
-    """(seconds of each of `repeats` calls, last return value), synchronising CUDA around each."""
+CLOCKS = ("auto", "wall", "cpu")
+
+
+def add_clock_flag(parser) -> None:
+    parser.add_argument("--clock", default="auto", choices=CLOCKS,
+                        help="wall: elapsed time; cpu: the process's CPU time (all its threads), i.e. the time it "
+                             "ran, not the time it waited for a core on a shared machine (use with --threads 1: "
+                             "idle OpenMP threads spin); auto: cpu on a CPU device, wall on CUDA")
+
+
+def resolve_clock(name: str, device) -> str:
+    if name not in CLOCKS:
+        raise ValueError(f"--clock must be one of {CLOCKS}, got {name!r}")
+    if name == "auto":
+        return "wall" if device.type == "cuda" else "cpu"
+    if name == "cpu" and device.type == "cuda":
+        raise ValueError("--clock cpu does not measure GPU work; use wall or auto on CUDA")
+    return name
+
+
+def timed(fn: Callable, device, repeats: int = 1, clock: str = "wall") -> tuple:
+    """(seconds of each of `repeats` calls, last return value), synchronising CUDA around each.
+
+    `clock="wall"`: elapsed time; `clock="cpu"`: `time.process_time()`, the CPU time of every
+    thread of this process. Other jobs on a shared machine stretch the elapsed time by however
+    long the process waited for a core (the 1-minute load moved between 1 and 11 on the 2-core
+    development machine during one run); the CPU time counts only the work done. With one torch
+    thread it equals the elapsed time of a quiet machine."""
     import torch
 
+    now = time.process_time if clock == "cpu" else time.perf_counter
     times, out = [], None
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = now()
         out = fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return times, out
 
 

@@ -138,17 +138,27 @@ class Denoiser:
             With both, the masked samplers keep the backbone inputs of their draft and, after a
             step, recompute them only at the positions that changed (a discrete draft's z is 0 or
             visible_snr·E[t], so the converter's (V+1)-wide work is needed only for new tokens).
+        state_inputs_fn: optional z (B, L, d) → inputs (B, L, D) of a whole state, when some
+            positions' inputs do not come from `inputs_fn` (default: `inputs_fn`).
+        fixed_inputs: (B, L) bool, the positions whose inputs `state_inputs_fn` sets regardless
+            of z (clean prompt rows fed as the backbone's token embedding); a draft that
+            generates at one of them runs the whole network per state instead.
     """
 
     def __init__(self, features_fn: Optional[Callable], head_fn: Optional[Callable], embeddings: torch.Tensor,
                  visible_snr: float, mask_token_id: Optional[int] = None, *, inputs_fn: Optional[Callable] = None,
                  trunk_fn: Optional[Callable] = None, token_features_fn: Optional[Callable] = None,
-                 suppress_token_ids: Optional[Sequence[int]] = None):
+                 suppress_token_ids: Optional[Sequence[int]] = None,
+                 state_inputs_fn: Optional[Callable] = None, fixed_inputs: Optional[torch.Tensor] = None):
         if (inputs_fn is None) != (trunk_fn is None):
             raise ValueError("give both inputs_fn and trunk_fn, or neither")
         if features_fn is None and inputs_fn is None:
             raise ValueError("features_fn is needed unless inputs_fn and trunk_fn are given")
-        self.features_fn = features_fn if features_fn is not None else (lambda z: trunk_fn(inputs_fn(z)))
+        if inputs_fn is None and (state_inputs_fn is not None or fixed_inputs is not None):
+            raise ValueError("state_inputs_fn and fixed_inputs need inputs_fn and trunk_fn")
+        self.state_inputs_fn = state_inputs_fn if state_inputs_fn is not None else inputs_fn
+        self.fixed_inputs = fixed_inputs
+        self.features_fn = features_fn if features_fn is not None else (lambda z: trunk_fn(self.state_inputs_fn(z)))
         # Optional (tokens (B, L), visible (B, L) bool) → features: the masked samplers' discrete
         # states fed as the published model's own inputs (`token_inputs="backbone"`).
         self.token_features_fn = token_features_fn
@@ -212,6 +222,8 @@ class Denoiser:
                 backbone's own token embedding instead of the converter output
                 (`prompt_embedding="backbone"`, DSL-LLaDA's clean wte(prompt)). In a doubled (CFG)
                 batch only the conditional half is, the unconditional half keeps its masked prompt.
+                The masked samplers keep these rows in the draft's cached inputs (`fixed_inputs`)
+                and still run the converter only on the positions that change.
             token_inputs: "converter", or "backbone": the masked samplers' discrete states (visible
                 tokens and masks alike) are fed as the backbone's own token embedding, i.e. the
                 published model itself (LLaDA's generate.py); continuous SDE states still use the converter.
@@ -240,17 +252,25 @@ class Denoiser:
                 return mask.repeat(batch // mask.shape[0], 1)
             return mask
 
-        def features(z):  # = trunk(inputs(z)); one call, as model.hidden_states runs it
+        def clean_rows(z):  # (clean mask, ids) of a state: the conditional half only (CFG doubles the batch)
+            clean = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
+            clean[: clean_mask.shape[0]] = clean_mask
+            return clean, tokens.repeat(z.shape[0] // tokens.shape[0], 1)
+
+        def features(z):  # = trunk(state_inputs(z)); one call, as model.hidden_states runs it
             m = key_padding(z.shape[0])
             if not with_clean:
                 return model.hidden_states(z, m, **converter_kwargs)
-            clean = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
-            clean[: clean_mask.shape[0]] = clean_mask  # the conditional half only
-            ids = tokens.repeat(z.shape[0] // tokens.shape[0], 1)
+            clean, ids = clean_rows(z)
             return model.hidden_states_with_clean(z, m, clean_ids=ids, clean_mask=clean, **converter_kwargs)
 
         def inputs(z):  # the converter: position by position
             return model.converter(z, embeddings, **converter_kwargs)
+
+        def state_inputs(z):  # a whole state's inputs: the converter, clean prompt rows from the backbone's table
+            h = inputs(z)
+            clean, ids = clean_rows(z)
+            return torch.where(clean.unsqueeze(-1), model.embed_clean_tokens(ids).to(h.dtype), h)
 
         def trunk(h):
             return model.backbone(h, key_padding(h.shape[0]))
@@ -260,14 +280,17 @@ class Denoiser:
             return model.hidden_states_from_tokens(ids, key_padding(ids.shape[0]))
 
         snr = model.config.effective_visible_snr if visible_snr is None else visible_snr
-        # The split (converter on changed rows only) needs every position to go through the
-        # converter; clean prompt rows through the backbone's own embedding take the whole path.
-        split = (not with_clean and "hidden_states" not in vars(model) and hasattr(model, "converter")
-                 and hasattr(model, "backbone"))
+        # The split (converter on changed rows only): clean prompt rows fed through the backbone's
+        # own embedding are part of the draft's cached inputs and never change (`fixed_inputs`).
+        split = "hidden_states" not in vars(model) and hasattr(model, "converter") and hasattr(model, "backbone")
+        split_kwargs = {}
+        if split:
+            split_kwargs = dict(inputs_fn=inputs, trunk_fn=trunk)
+            if with_clean:
+                split_kwargs.update(state_inputs_fn=state_inputs, fixed_inputs=clean_mask.bool())
         den = cls(features, model.logits_from_hidden, embeddings, snr, model.config.mask_token_id,
-                  inputs_fn=inputs if split else None, trunk_fn=trunk if split else None,
                   token_features_fn=token_features if token_inputs == "backbone" else None,
-                  suppress_token_ids=suppress_token_ids)
+                  suppress_token_ids=suppress_token_ids, **split_kwargs)
         return den.compiled() if compile else den
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
@@ -509,6 +532,9 @@ class _Draft:
         self.flat = tokens[idx.rows, idx.cols].masked_fill(self.is_masked, den.mask_token_id)
         self.features, self.counted, self.nfe = None, False, 0
         self.inputs = None  # split denoisers: backbone inputs of the draft, (B or 2B, L, D)
+        # Split unless a generated position is one whose inputs the denoiser fixes (one sync, here).
+        fixed = den.fixed_inputs
+        self.split = den.split and (fixed is None or not bool((fixed.to(idx.mask.device) & idx.mask).any()))
         self.committed = []  # flat positions committed since `inputs` was last brought up to date
         self.remasked = None  # (N,) bool: positions remasked since the features were computed
 
@@ -564,12 +590,12 @@ class _Draft:
             conditions = (True, False) if cfg else (True,)
             return den.token_features_fn(self.tokens().repeat(len(conditions), 1),
                                          torch.cat([self.visible(c) for c in conditions]))
-        if not den.split:
+        if not self.split:
             z = self.z()
             return den.features(torch.cat([z, self.z(False)]) if cfg else z)
         if self.inputs is None:
             z = self.z()
-            self.inputs = den.inputs_fn(torch.cat([z, self.z(False)]) if cfg else z)
+            self.inputs = den.state_inputs_fn(torch.cat([z, self.z(False)]) if cfg else z)
         else:
             self._update_inputs()
         self.committed = []

@@ -104,11 +104,15 @@ CASES = [
     (S.mdlm, dict(steps=8)),
     (S.remdm, dict(steps=16, mode="loop", eta=0.05, top_p=0.9)),
     (S.remdm, dict(steps=8, mode="cap", eta=0.2)),
+    (S.remdm, dict(steps=8, mode="rescale", eta=0.1)),
     (S.remdm, dict(steps=8, mode="conf")),
     (S.low_confidence, dict(steps=12, block_length=4, temperature=0.0)),
     (S.low_confidence, dict(steps=12, temperature=1.0, top_k=20)),
     (S.low_confidence, dict(steps=6, block_length=6, remasking="random", temperature=0.7, cfg_scale=1.5)),
     (S.roar, dict(tokens_per_step=5)),
+    (S.hybrid, dict(sde_steps=3, finish_steps=6, switch_snr=5.0, finish_kwargs=dict(temperature=0.5))),
+    (S.hybrid, dict(sde_steps=3, finish_steps=6, switch_snr=5.0, finish="remdm",
+                    finish_kwargs=dict(mode="loop", eta=0.05))),
 ]
 
 
@@ -125,6 +129,54 @@ def test_split_denoiser_gives_the_same_tokens_as_the_full_network(single_thread,
     assert fast.nfe == full.nfe
     for name, value in full.diagnostics.items():
         torch.testing.assert_close(fast.diagnostics[name], value, equal_nan=True, msg=name)
+
+
+def llada_backbone_model():
+    """A tiny DSL model on the LLaDA backbone, which has a token embedding for clean prompt rows."""
+    return tiny_model(weight_std=0.3, backbone_type="llada", intermediate_size=48)
+
+
+CLEAN_CASES = [
+    (S.mdlm, dict(steps=8)),
+    (S.remdm, dict(steps=16, mode="loop", eta=0.05)),
+    (S.low_confidence, dict(steps=12, block_length=4, temperature=0.0)),
+    (S.low_confidence, dict(steps=6, temperature=0.7, cfg_scale=1.5)),
+    (S.roar, dict(tokens_per_step=5)),
+]
+
+
+@pytest.mark.parametrize("sampler, kwargs", CLEAN_CASES, ids=lambda x: getattr(x, "__name__", None) or repr(x))
+def test_split_denoiser_with_clean_backbone_prompt_rows_gives_the_same_tokens(single_thread, sampler, kwargs):
+    # prompt_embedding="backbone" (DSL-LLaDA): the prompt rows' inputs are the backbone's token
+    # embedding, fixed in the draft's cached inputs; the converter runs on the changed rows only.
+    model = llada_backbone_model()
+    tokens, gen = prompted()
+    den = S.Denoiser.from_model(model, visible_snr=VISIBLE_SNR, tokens=tokens, clean_mask=~gen)
+    assert den.split and den.fixed_inputs is not None
+    converter_prompt = S.Denoiser.from_model(model, visible_snr=VISIBLE_SNR)
+    with torch.no_grad():
+        fast = sampler(den, tokens, gen, generator=per_row(3), diagnostics=True, **kwargs)
+        full = sampler(unsplit(den), tokens, gen, generator=per_row(3), diagnostics=True, **kwargs)
+        other = sampler(converter_prompt, tokens, gen, generator=per_row(3), **kwargs)
+    assert torch.equal(fast.tokens, full.tokens)
+    assert fast.nfe == full.nfe
+    for name, value in full.diagnostics.items():
+        torch.testing.assert_close(fast.diagnostics[name], value, equal_nan=True, msg=name)
+    assert not torch.equal(fast.tokens, other.tokens)  # the clean rows are what the network saw
+
+
+def test_split_denoiser_runs_the_whole_network_where_a_clean_row_is_generated(single_thread):
+    model = llada_backbone_model()
+    tokens, gen = prompted()
+    clean = ~gen
+    clean[:, 4] = True  # one generated position also marked clean: its input never follows the draft
+    den = S.Denoiser.from_model(model, visible_snr=VISIBLE_SNR, tokens=tokens, clean_mask=clean)
+    with torch.no_grad():
+        state = S._Draft(den, tokens, gen)
+        assert den.split and not state.split
+        fast = S.mdlm(den, tokens, gen, steps=8, generator=per_row(5))
+        full = S.mdlm(unsplit(den), tokens, gen, steps=8, generator=per_row(5))
+    assert torch.equal(fast.tokens, full.tokens)
 
 
 def test_split_inputs_and_trunk_compose_to_the_models_hidden_states():
@@ -207,7 +259,8 @@ def test_compiled_denoiser_gives_the_same_tokens_as_eager(single_thread):
     compiled = S.Denoiser.from_model(model, visible_snr=VISIBLE_SNR, compile=True)
     path = snr_schedule("geometric", 6, 0.01, VISIBLE_SNR)
     with torch.no_grad():
-        for sampler, kwargs in ((S.remdm, dict(steps=8, mode="loop", eta=0.05)), (S.sde, dict(snr_path=path))):
+        for sampler, kwargs in ((S.remdm, dict(steps=8, mode="loop", eta=0.05)), (S.mdlm, dict(steps=8)),
+                                (S.low_confidence, dict(steps=8, temperature=0.7)), (S.sde, dict(snr_path=path))):
             a = sampler(eager, tokens, gen, generator=per_row(1, 2), **kwargs)
             b = sampler(compiled, tokens, gen, generator=per_row(1, 2), **kwargs)
             assert torch.equal(a.tokens, b.tokens) and a.nfe == b.nfe, sampler.__name__
@@ -221,4 +274,29 @@ def test_split_denoiser_needs_both_parts():
         S.Denoiser(None, None, emb, 1.0, inputs_fn=lambda z: z)
     with pytest.raises(ValueError, match="features_fn"):
         S.Denoiser(None, None, emb, 1.0)
+    with pytest.raises(ValueError, match="state_inputs_fn and fixed_inputs"):
+        S.Denoiser(lambda z: z, None, emb, 1.0, fixed_inputs=torch.ones(1, 2, dtype=torch.bool))
     assert not math.isnan(S.Denoiser(lambda z: z, None, emb, 1.0).visible_snr)
+
+
+def test_inference_converter_reuses_the_padded_keys_and_notices_a_changed_embedding(monkeypatch):
+    model = tiny_model(seed=1, weight_std=0.1)
+    conv, z = model.converter, torch.randn(2, 6, 8) * 3
+    with torch.no_grad():
+        unit = model.noise_embeddings()
+        first = conv(z, unit)
+        keys = conv.__dict__["_keys_cache"][2]
+        again = conv(z, unit)
+        assert conv.__dict__["_keys_cache"][2] is keys  # no new pad for the same, unchanged E
+        with monkeypatch.context() as patch:
+            patch.setattr(SoftmaxConverter, "forward", straightforward_converter)
+            ref = conv(z, unit)
+        unit.mul_(-1.0)  # in place: the cached keys are stale
+        flipped = conv(z, unit)
+        with monkeypatch.context() as patch:
+            patch.setattr(SoftmaxConverter, "forward", straightforward_converter)
+            flipped_ref = conv(z, unit)
+    assert torch.equal(first, again)
+    torch.testing.assert_close(first, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(flipped, flipped_ref, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(flipped, first)
