@@ -72,3 +72,20 @@ def check_output_dir(value: str, flag: str, allow_nonempty: bool, how_to_allow: 
         shown = sorted(os.listdir(value))
         more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
         raise ValueError(f"{flag} {value!r} is not empty ({', '.join(shown[:5])}{more}); {how_to_allow}")
+
+
+def run_reporting_errors(body, model: str | None, model_flag: str = "--model"):
+    """`body()`, or None after printing `error: …` to stderr when it raises `ValueError` / `OSError`
+    (the CLI then exits 2). A model that fails to load (`evaluation.likelihood.ModelLoadError`) is
+    reported with the flag and what is missing at that path."""
+    import sys
+
+    from evaluation.likelihood import ModelLoadError
+
+    try:
+        return body()
+    except ModelLoadError as err:
+        print(f"error: {describe_missing(model, model_flag)}: {err}", file=sys.stderr)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    return None

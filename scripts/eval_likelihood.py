@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 
 from evaluation.likelihood import (  # noqa: E402
     DEFAULT_MDLM_EPS, DEFAULT_NUM_NODES, DEFAULT_REPEATS, ESTIMATORS, SAMPLE_BY, LikelihoodOptions,
-    LikelihoodSettings, ModelLoadError, run,
+    LikelihoodSettings, run,
 )
 from modeling_dsl.noise_dsl import NLL_PATHS, QUADRATURE_RULES, QUADRATURE_TRANSFORMS  # noqa: E402
-from scripts.cli_checks import check_output_dir, check_source, describe_missing, looks_like_hub_id  # noqa: E402
+from scripts.cli_checks import check_output_dir, check_source, looks_like_hub_id, run_reporting_errors  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,15 +97,13 @@ def main(argv=None) -> int:
         split=args.split, dataset_config=args.dataset_config, max_documents=args.max_documents,
         block_size=args.block_size, wrap=not args.no_wrap, tokenizer=args.tokenizer, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, progress=not args.no_progress)
-    try:
+    def body():
         check_args(args)
         options.validate()
-        try:
-            report = run(settings)
-        except ModelLoadError as err:
-            raise OSError(f"{describe_missing(args.model, '--model')}: {err}") from None
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        return run(settings)
+
+    report = run_reporting_errors(body, args.model)
+    if report is None:
         return 2
     print(json.dumps({name: {k: v for k, v in values.items() if k in ("nats_per_token", "nats_per_token_se",
                                                                        "bits_per_char", "perplexity")}

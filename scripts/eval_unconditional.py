@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 from evaluation.unconditional import (  # noqa: E402
     METRICS, MINILM, POOLINGS, PROTOCOL_MAX_LENGTH, PROTOCOL_MODEL, UnconditionalSettings, run,
 )
-from scripts.cli_checks import check_output_dir, check_source, describe_missing, looks_like_hub_id  # noqa: E402
+from scripts.cli_checks import check_output_dir, check_source, looks_like_hub_id, run_reporting_errors  # noqa: E402
 
 
 def _value(text: str):
@@ -102,7 +102,7 @@ def check_args(args) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    def body():
         settings = UnconditionalSettings(
             output_dir=args.output_dir, model=args.model, samples=args.samples, num_samples=args.num_samples,
             gen_length=args.gen_length, strategy=args.strategy, steps=args.steps,
@@ -114,14 +114,10 @@ def main(argv=None) -> int:
             progress=not args.no_progress)
         settings.validate()
         check_args(args)
-        from evaluation.likelihood import ModelLoadError
+        return run(settings)
 
-        try:
-            report = run(settings)
-        except ModelLoadError as err:
-            raise OSError(f"{describe_missing(args.model, '--model')}: {err}") from None
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    report = run_reporting_errors(body, args.model)
+    if report is None:
         return 2
     print(json.dumps({k: v for k, v in report["metrics"].items() if not k.startswith("per_sample")}))
     return 0
