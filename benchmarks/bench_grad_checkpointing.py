@@ -14,7 +14,6 @@ threshold fixed) is described in `benchmarks/measure.py`.
 from __future__ import annotations
 
 import argparse
-import json
 
 import measure
 
@@ -59,11 +58,9 @@ def worker(args) -> dict:
 
 def main(argv=None) -> list:
     args = parse_args(argv)
-    if args.worker is not None:
-        print(json.dumps(worker(args)))
+    device = measure.worker_or_device(args, worker)
+    if device is None:
         return []
-    device = measure.resolve_device(args.device)
-    args.device = device.type
     results = [measure.run_worker(__file__, [*measure.passthrough(args), f"--worker={gc}"],
                                   f"gradient_checkpointing={bool(gc)}") for gc in (0, 1)]
     print(f"DSL training step, V={args.vocab_size}, D={args.hidden_size}, layers={args.num_layers}, "

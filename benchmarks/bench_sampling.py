@@ -142,7 +142,7 @@ def reference_masked(model, args, mode, eta, generator):
 
     from modeling_dsl.sampling_dsl import _remdm_row_rates, top_p_filter  # our samplers' own schedule
 
-    batch, length, vocab = args.batch_size, args.seq_len, model.config.vocab_size
+    batch, length = args.batch_size, args.seq_len
     mask_id, snr, eps = model.config.mask_token_id, float(model.config.snr_max), 1e-5
     device = next(model.parameters()).device
     x = torch.full((batch, length), mask_id, dtype=torch.long, device=device)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 
 import measure
@@ -179,11 +178,9 @@ def worker(args) -> dict:
 
 def main(argv=None) -> list:
     args = parse_args(argv)
-    if args.worker is not None:
-        print(json.dumps(worker(args)))
+    device = measure.worker_or_device(args, worker)
+    if device is None:
         return []
-    device = measure.resolve_device(args.device)
-    args.device = device.type
     flags = [a for a in measure.passthrough(args, skip=("worker", "gradient_checkpointing", "peak_tflops"))]
     if args.gradient_checkpointing:
         flags.append("--gradient_checkpointing")

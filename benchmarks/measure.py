@@ -172,6 +172,19 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def worker_or_device(args, worker):
+    """A benchmark's two roles: with `--worker` run `worker(args)` and print its JSON (returns None,
+    the subprocess's whole job); otherwise resolve `--device` for the parent run and return it."""
+    import json
+
+    if args.worker is not None:
+        print(json.dumps(worker(args)))
+        return None
+    device = resolve_device(args.device)
+    args.device = device.type
+    return device
+
+
 def describe_device(device) -> str:
     import torch
 
