@@ -447,6 +447,8 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             config_kwargs: further `DSLConfig` fields; the ones read from the checkpoint cannot be
                 overridden (`ValueError`).
         """
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
         backbone_cls = backbone_class(backbone_type)
         folder = resolve_checkpoint_dir(pretrained_model_name_or_path, revision)
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:

@@ -626,3 +626,5 @@ def test_from_llada_is_seeded_and_leaves_the_global_random_state_alone(llada_dir
         assert torch.equal(a.state_dict()[name], b.state_dict()[name]), name
     c = DSLForDiffusionLM.from_llada(str(path), seed=1)
     assert not torch.equal(a.embed.weight, c.embed.weight)
+    with pytest.raises(ValueError, match="seed must be an int or None"):
+        DSLForDiffusionLM.from_llada(str(path), seed=1.5)
