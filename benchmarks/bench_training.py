@@ -10,7 +10,9 @@ Two objectives on the same data (one random batch of token ids), each in a fresh
   t ~ U(eps, 1) per row (antithetic), each token masked with probability t, logits on every
   position, CE at the masked positions weighted 1/t (the log-linear schedule's SUBS weight), mean
   over all tokens. Our `objective="mdlm"` runs through the converter, so it cannot show the
-  converter's cost; this baseline does.
+  converter's cost; this baseline does. `--mdlm_loss full_logits` (default) computes that CE as
+  MDLM's code does, from the (B, L, V) logits; `--mdlm_loss chunked` with the chunked LM head + CE
+  the DSL step uses (`HeadCrossEntropy`), so the ratio isolates the converter.
 
 Peak memory: per objective a fresh process runs a warm-up step and one measured step
 (`benchmarks/measure.py`). Time: one more process builds both models and, after a warm-up step
@@ -36,6 +38,7 @@ import statistics
 import measure
 
 OBJECTIVES = ("dsl", "mdlm")
+MDLM_LOSSES = ("full_logits", "chunked")
 
 
 def parse_args(argv=None):
@@ -47,6 +50,8 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="autocast dtype (the converter's softmax stays fp32)")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--mdlm_loss", default="full_logits", choices=MDLM_LOSSES,
+                        help="the baseline's CE: from full logits as MDLM's code, or the chunked head + CE as DSL's")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="the device's dense peak TFLOP/s for MFU (known GPUs: looked up)")
     measure.add_optimizer_flag(parser)
@@ -89,7 +94,7 @@ def build_mdlm_baseline(config):
             self.backbone = MDLMDiT(config)
 
         def forward(self, noisy_ids):
-            return self.backbone.logits(self.backbone(self.vocab_embed(noisy_ids)))
+            return self.backbone(self.vocab_embed(noisy_ids))  # hidden states (B, L, D)
 
     model = MDLMBaseline()
     with torch.no_grad():  # the DSL model's init (MDLM's: adaLN and the final linear start at zero)
@@ -102,11 +107,26 @@ def build_mdlm_baseline(config):
     return model
 
 
-def mdlm_step(model, optimizer, ids, generator, autocast, mask_id: int, eps: float = 1e-3):
+def mdlm_step(model, optimizer, ids, generator, autocast, mask_id: int, eps: float = 1e-3, loss="full_logits"):
     import torch
     import torch.nn.functional as F
 
+    from modeling_dsl.modeling_dsl import HeadCrossEntropy
+
     batch, length = ids.shape
+    head = model.backbone.get_output_embeddings()
+    chunk_rows = max(1, 2**23 // head.weight.shape[0])  # as DSLForDiffusionLM.head_chunk_elements
+
+    def weighted_ce(hidden, weights):
+        """Σ_n weights_n CE_n / (B·L) of the LM head on hidden (B, L, D)."""
+        if loss == "chunked":
+            features = model.backbone.head_features(hidden).reshape(batch * length, -1)
+            divisor = torch.tensor(float(batch * length), device=ids.device)
+            return HeadCrossEntropy.apply(features, head.weight, head.bias, ids.reshape(-1), weights.reshape(-1),
+                                          divisor, chunk_rows, True)[0]
+        logits = model.backbone.logits(hidden)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids.reshape(-1), reduction="none")
+        return (nll.view(batch, length) * weights).sum() / (batch * length)
 
     def step():
         offset = torch.arange(batch, device=ids.device) / batch  # MDLM's antithetic t
@@ -115,13 +135,12 @@ def mdlm_step(model, optimizer, ids, generator, autocast, mask_id: int, eps: flo
         masked = torch.rand(batch, length, generator=generator, device=ids.device) < t[:, None]
         noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
         with autocast:
-            logits = model(noisy)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids.reshape(-1), reduction="none")
-        loss = (nll.view(batch, length) * masked / t[:, None]).sum() / (batch * length)
-        loss.backward()
+            hidden = model(noisy)
+        value = weighted_ce(hidden, masked / t[:, None])
+        value.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.detach().item()
+        return value.detach().item()
 
     return step
 
@@ -150,7 +169,8 @@ def build_step(args, objective: str, device):
             block.gradient_checkpointing = True
             block._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint,
                                                                    use_reentrant=False)
-    return model, mdlm_step(model, measure.adamw(model, args.optim), ids, gen, autocast, config.vocab_size)
+    return model, mdlm_step(model, measure.adamw(model, args.optim), ids, gen, autocast, config.vocab_size,
+                            loss=args.mdlm_loss)
 
 
 def worker(args) -> dict:
@@ -194,7 +214,7 @@ def main(argv=None) -> list:
     tokens = args.batch_size * args.seq_len
     print(f"Training step, DiT D={args.hidden_size}, layers={args.num_layers}, V={args.vocab_size}, "
           f"d={args.noise_dim}, B={args.batch_size}, L={args.seq_len}, {args.dtype}, {args.optim}, "
-          f"checkpointing={args.gradient_checkpointing}, on {measure.describe_device(device)}"
+          f"checkpointing={args.gradient_checkpointing}, MDLM loss {args.mdlm_loss}, on {measure.describe_device(device)}"
           f"{'' if args.threads is None else f' ({args.threads} torch threads)'}; {start_load} at the start, "
           f"{measure.load_average()} at the end; step times in "
           f"{'CPU' if measure.resolve_clock(args.clock, device) == 'cpu' else 'wall-clock'} seconds")

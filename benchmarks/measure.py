@@ -244,12 +244,13 @@ def add_model_flags(parser, hidden_size=768, num_layers=12, num_heads=12, seq_le
 
 def dsl_training_step(model, optimizer, ids, sampler, generator, autocast) -> Callable:
     """One step of Algorithm 1 as `DSLTrainer` runs it: per-token SNRs from the config's sampler,
-    forward with `snr=`, token CE, backward, optimiser step. Returns a callable → loss."""
+    forward with `snr=`, token CE (the chunked LM head + CE, `return_logits=False`, as the trainer
+    computes it), backward, optimiser step. Returns a callable → loss."""
 
     def step():
         snr = sampler.sample(ids.shape[0], ids.shape[1], generator=generator, device=ids.device)
         with autocast:
-            loss = model(input_ids=ids, snr=snr, labels=ids, generator=generator).loss
+            loss = model(input_ids=ids, snr=snr, labels=ids, generator=generator, return_logits=False).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

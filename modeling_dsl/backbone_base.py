@@ -64,6 +64,13 @@ class DSLBackbone(nn.Module):
         tokens. The model calls it with autocast off and fp32 hidden states."""
         raise NotImplementedError
 
+    def head_features(self, hidden: torch.Tensor) -> Optional[torch.Tensor]:
+        """The LM head's input on hidden states (..., D): whatever comes before its output projection
+        (norms, modulation), so that `logits(hidden) == get_output_embeddings()(head_features(hidden))`.
+        The model then computes a training loss chunk by chunk without (…, V) logits
+        (`HeadCrossEntropy`). Optional: None (the default) makes the model use `logits` instead."""
+        return None
+
     def get_output_embeddings(self) -> nn.Module:
         """The LM head's output projection (HF `get_output_embeddings`)."""
         raise NotImplementedError

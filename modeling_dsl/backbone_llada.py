@@ -165,6 +165,10 @@ class LLaDATransformer(DSLBackbone):
         """ln_f then the untied LM head on hidden states of any leading shape (..., D) → (..., V)."""
         return self.ff_out(self.ln_f(hidden))
 
+    def head_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """ln_f: (..., D) → the LM head's input (..., D)."""
+        return self.ln_f(hidden)
+
     def get_output_embeddings(self) -> nn.Module:
         return self.ff_out
 

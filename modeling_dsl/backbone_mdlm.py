@@ -157,10 +157,14 @@ class DDitFinalLayer(nn.Module):
         self.linear = zero_init(nn.Linear(hidden_size, out_channels, bias=True))
         self.adaLN_modulation = zero_init(nn.Linear(cond_dim, 2 * hidden_size, bias=True))
 
+    def features(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x: (..., D) with c (cond_dim,) → the linear's input (..., D)."""
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # (D,) each, broadcast over positions
+        return modulate(self.norm_final(x), shift, scale)
+
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x: (..., D) with c (cond_dim,) → logits (..., V)."""
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # (D,) each, broadcast over positions
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return self.linear(self.features(x, c))
 
 
 class MDLMDiT(DSLBackbone):
@@ -205,6 +209,10 @@ class MDLMDiT(DSLBackbone):
         """Final layer on hidden states of any leading shape (..., D) → logits (..., V)."""
         c = self.conditioning(hidden.device).to(hidden.dtype)[0]  # (cond_dim,): broadcasts over any (..., D)
         return self.output_layer(hidden, c)
+
+    def head_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LN and adaLN modulation of the final layer: (..., D) → the LM head linear's input (..., D)."""
+        return self.output_layer.features(hidden, self.conditioning(hidden.device).to(hidden.dtype)[0])
 
     def get_output_embeddings(self) -> nn.Module:
         return self.output_layer.linear

@@ -10,6 +10,8 @@ Slot V is the mask slot: its key is the zero vector, so its logit is b_V for eve
 exact Bayes posterior of the token given z (log p(z|x) = z·x + const for unit x).
 """
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,15 +43,47 @@ class SphericalEmbedding(nn.Module):
         return F.normalize(F.embedding(input_ids, self.weight).float(), dim=-1)
 
 
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension in place; returns log Σ exp(logits), shape (…, 1).
+
+    The chunked converter and LM head run it on one reused (chunk, V) buffer: `torch.softmax` and
+    `torch.logsumexp` allocate fresh (chunk, V) outputs and temporaries on every call, and on a CPU
+    each such allocation (tens of MiB) is a new mapping whose pages fault on first touch (profiled:
+    about a quarter of a DiT-170M DSL training step's time at V = 50257 went to them).
+    """
+    peak = logits.amax(dim=-1, keepdim=True)
+    total = logits.sub_(peak).exp_().sum(dim=-1, keepdim=True)
+    logits.div_(total)
+    return total.log_().add_(peak)
+
+
+def matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias=None) -> torch.Tensor:
+    """out = a @ b (+ bias), written into `out` (a reused buffer) when the dtypes allow it."""
+    if out.dtype == a.dtype == b.dtype and (bias is None or bias.dtype == out.dtype):
+        return torch.mm(a, b, out=out) if bias is None else torch.addmm(bias, a, b, out=out)
+    return out.copy_(a @ b if bias is None else torch.addmm(bias, a, b))
+
+
+def accumulate_matmul(total: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """total + a @ b in fp32 (total None: a fresh fp32 a @ b, so no zero-filled start is needed)."""
+    if a.dtype != torch.float32:
+        product = (a @ b).float()
+        return product if total is None else total.add_(product)
+    if total is None:
+        return a @ b
+    return total.addmm_(a, b)
+
+
 class SlotProjection(torch.autograd.Function):
     """h = W_trans · softmax(β z Kᵀ + b) + c, K = [E; 0], without keeping π for backward.
 
     The straightforward autograd graph keeps the fp32 (…, V+1) slot probabilities π for the
     softmax and projection backwards and builds their gradients at full size; at V = 50k that
     dominates a training step's memory. Here forward and backward walk the positions in chunks
-    of `chunk_rows` rows and backward recomputes each chunk's π, so only z, E and the parameters
-    are saved (O(B·L·d) besides the weights) and the (chunk, V+1) temporaries are bounded.
-    Gradients (z, E, β, b, W_trans, c) equal the straightforward path's up to float rounding.
+    of `chunk_rows` rows, in (chunk, V+1) buffers reused from chunk to chunk, and backward
+    recomputes each chunk's π, so only z, E and the parameters are saved (O(B·L·d) besides the
+    weights). Gradients (z, E, β, b, W_trans, c) equal the straightforward path's up to float
+    rounding.
 
     Args (of `apply`): z (…, d); unit_embeddings E (V, d); beta (1,); logit_bias (V+1,);
     weight W_trans (D, V+1); bias c (D,) or None; dtype: the projection's matmul dtype (the
@@ -59,8 +93,10 @@ class SlotProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def _probs(scaled: torch.Tensor, keys: torch.Tensor, logit_bias: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(F.linear(scaled, keys, logit_bias), dim=-1)
+    def _probs(out: torch.Tensor, scaled: torch.Tensor, keys: torch.Tensor, logit_bias: torch.Tensor) -> torch.Tensor:
+        """π of the rows `scaled` (m, d) = β z, written into `out` (m, V+1)."""
+        softmax_(torch.addmm(logit_bias, scaled, keys.t(), out=out))
+        return out
 
     @staticmethod
     def forward(ctx, z, unit_embeddings, beta, logit_bias, weight, bias, dtype, chunk_rows, keys=None):
@@ -71,9 +107,11 @@ class SlotProjection(torch.autograd.Function):
             if keys is None:
                 keys = F.pad(unit_embeddings.float(), (0, 0, 0, 1))  # (V+1, d), last row = mask key 0
             w, c, b, beta_f = weight.to(dtype), None if bias is None else bias.to(dtype), logit_bias.float(), beta.float()
+            buffer = torch.empty(min(chunk_rows, flat.shape[0]), keys.shape[0], dtype=torch.float32, device=z.device)
             for lo in range(0, flat.shape[0], chunk_rows):
-                probs = SlotProjection._probs(flat[lo : lo + chunk_rows].float() * beta_f, keys, b)
-                out_flat[lo : lo + chunk_rows] = F.linear(probs.to(dtype), w, c)
+                rows = slice(lo, lo + chunk_rows)
+                probs = SlotProjection._probs(buffer[: flat[rows].shape[0]], flat[rows].float() * beta_f, keys, b)
+                matmul_into(out_flat[rows], probs.to(dtype), w.t(), c)
         ctx.save_for_backward(z, unit_embeddings, beta, logit_bias, weight, bias)
         ctx.dtype, ctx.chunk_rows = dtype, chunk_rows
         return out
@@ -89,37 +127,40 @@ class SlotProjection(torch.autograd.Function):
         with torch.autocast(device_type=z.device.type, enabled=False):
             keys = F.pad(unit_embeddings.float(), (0, 0, 0, 1))
             w, b, beta_f = weight.to(dtype), logit_bias.float(), beta.float()
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=z.device) if need_w else None
-            grad_keys = torch.zeros_like(keys) if need_e else None
+            grad_w = grad_keys = None
             grad_b = torch.zeros_like(b) if need_b else None
             grad_z = torch.empty(flat.shape, dtype=torch.float32, device=z.device) if need_z else None
             grad_beta = torch.zeros((), dtype=torch.float32, device=z.device)
+            size = (min(chunk_rows, flat.shape[0]), keys.shape[0])
+            probs_buffer = torch.empty(size, dtype=torch.float32, device=z.device)
+            grad_buffer = torch.empty(size, dtype=torch.float32, device=z.device) if need_logits else None
             for lo in range(0, flat.shape[0], chunk_rows):
                 rows = slice(lo, lo + chunk_rows)
                 z_rows = flat[rows].float()
                 scaled = z_rows * beta_f
-                probs = SlotProjection._probs(scaled, keys, b)
+                probs = SlotProjection._probs(probs_buffer[: z_rows.shape[0]], scaled, keys, b)
                 g_out = grad_flat[rows].to(dtype)
-                if need_w and dtype == torch.float32:
-                    grad_w.addmm_(g_out.t(), probs)
-                elif need_w:
-                    grad_w += (g_out.t() @ probs.to(dtype)).float()
+                if need_w:
+                    grad_w = accumulate_matmul(grad_w, g_out.t(), probs.to(dtype))
                 if not need_logits:
                     continue
-                g_probs = (g_out @ w).float()  # (m, V+1), a fresh tensor: updated in place below
+                g_probs = matmul_into(grad_buffer[: z_rows.shape[0]], g_out, w)  # (m, V+1), updated in place
                 # softmax backward, g_logits = π ⊙ (g_π − ⟨g_π, π⟩), without (m, V+1) temporaries
                 g_logits = g_probs.sub_(torch.linalg.vecdot(g_probs, probs).unsqueeze(-1)).mul_(probs)
-                del probs, g_probs
                 if need_b:
                     grad_b += g_logits.sum(dim=0)
                 if need_e:
-                    grad_keys.addmm_(g_logits.t(), scaled)
+                    grad_keys = accumulate_matmul(grad_keys, g_logits.t(), scaled)
                 if need_z or need_beta:
                     g_scaled = g_logits @ keys  # (m, d)
                     if need_z:
                         grad_z[rows] = g_scaled * beta_f
                     if need_beta:
                         grad_beta += (g_scaled * z_rows).sum()
+            if need_w and grad_w is None:  # no positions
+                grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=z.device)
+            if need_e and grad_keys is None:
+                grad_keys = torch.zeros_like(keys)
             grad_c = None
             if need_c and bias is not None:
                 grad_c = grad_flat.float().sum(dim=0).to(bias.dtype)

@@ -27,7 +27,7 @@ from .backbone_base import DSLBackbone
 from .backbone_llada import LLaDATransformer
 from .backbone_mdlm import MDLMDiT
 from .configuration_dsl import DSLConfig, warm_start_mask_bias
-from .converter_dsl import SoftmaxConverter, SphericalEmbedding
+from .converter_dsl import SoftmaxConverter, SphericalEmbedding, accumulate_matmul, matmul_into, softmax_
 from .generation_dsl import DSLGenerationConfig, DSLGenerationMixin
 from .noise_dsl import corrupt
 from .sampling_dsl import posterior_mean
@@ -49,35 +49,117 @@ def backbone_class(backbone_type: str) -> type:
 class DSLDiffusionOutput(ModelOutput):
     """Output of [`DSLForDiffusionLM.forward`].
 
-    loss: token cross-entropy (nats, mean over scored positions), when `labels` are given.
-    logits: (B, L, V) fp32 logits of p_θ(token | z).
+    loss: token cross-entropy (nats), when `labels` are given: Σ w·CE over scored positions divided
+        by their number (or by `num_items_in_batch`).
+    logits: (B, L, V) fp32 logits of p_θ(token | z); None with `return_logits=False`.
     snr: (B, L) the per-token SNRs used (None when `noisy_embeds` were given).
+    token_loss: (B, L) fp32 per-position CE (unweighted, 0 where not scored), detached; with `labels`.
     """
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
     snr: Optional[torch.FloatTensor] = None
+    token_loss: Optional[torch.FloatTensor] = None
 
 
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None):
-    """Token-mean cross-entropy in nats over positions with `labels != -100`.
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                        num_items_in_batch=None):
+    """Cross-entropy in nats over positions with `labels != -100`, from full logits.
 
     Args:
         logits: (B, L, V) or (N, V).
         labels: (B, L) or (N,), -100 = not scored.
-        weights: optional per-position weights of labels' shape (e.g. MDLM's 1/t); the mean then
-            divides the weighted sum by the number of scored positions.
+        weights: optional per-position weights of labels' shape (e.g. MDLM's 1/t).
+        num_items_in_batch: the divisor of the weighted sum (a number or 0-d tensor); default the
+            number of scored positions (a token mean).
     Returns:
-        (loss, number of scored positions).
+        (loss, token_loss): the scalar loss and the unweighted per-position CE of labels' shape
+        (0 where not scored; it carries the graph, callers detach it for logging).
     """
     scored = labels != -100
-    count = scored.sum()
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).clamp(min=0),
-                             reduction="none").view(labels.shape)
-    if weights is not None:
-        losses = losses * weights
-    loss = (losses * scored).sum() / count.clamp(min=1)
-    return loss, count
+    token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).clamp(min=0),
+                                 reduction="none").view(labels.shape) * scored
+    weighted = token_loss if weights is None else token_loss * weights
+    return weighted.sum() / loss_divisor(scored, num_items_in_batch), token_loss
+
+
+def loss_divisor(scored: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """`num_items_in_batch` (a number or tensor) or else the number of scored positions, at least 1."""
+    if num_items_in_batch is None:
+        return scored.sum().clamp(min=1)
+    return torch.as_tensor(num_items_in_batch, device=scored.device).clamp(min=1)
+
+
+class HeadCrossEntropy(torch.autograd.Function):
+    """loss = Σ_n w_n CE(x_n Wᵀ + b, y_n) / N without the (N, V) logits: the LM head and the
+    cross-entropy of a training step, chunk by chunk.
+
+    The plain path keeps the fp32 (N, V) logits, the cross-entropy's log-softmax and, in backward,
+    their gradients: at V = 50k, N = 1024 four 206 MB tensors, the largest part of a DiT-170M
+    step's memory after the converter's. Here forward walks `chunk_rows` positions at a time and,
+    when a gradient is needed, forms each chunk's logit gradient (softmax − one-hot) · w_n / N at
+    once and folds it into the gradients of x, W and b; backward only scales those by the incoming
+    gradient. Same matmul FLOPs as the plain path (one forward and two gradient matmuls per chunk),
+    nothing of size (N, V) outlives a chunk; the loss and gradients equal the plain path's up to
+    float rounding (`tests/test_performance_paths.py`). One backward per forward (the precomputed
+    gradients are handed over, not copied).
+
+    Args (of `apply`): features x (N, D) in W's dtype; weight W (V, D); bias b (V,) or None; labels
+    y (N,) ids in [0, V) or -100 (not scored); label_weights w (N,) fp32 or None (1); divisor N
+    (0-d tensor); chunk_rows; build_grads: `torch.is_grad_enabled()` of the caller (no gradient
+    work under `no_grad`). Returns (loss (), token_loss (N,) fp32 unweighted CE, 0 where not
+    scored, not differentiable).
+    """
+
+    @staticmethod
+    def forward(ctx, features, weight, bias, labels, label_weights, divisor, chunk_rows, build_grads):
+        # needs_input_grad says True under no_grad as well: the caller passes torch.is_grad_enabled()
+        need_x, need_w, need_b = (bool(build_grads) and need for need in ctx.needs_input_grad[:3])
+        need_b = need_b and bias is not None
+        rows_total, vocab = features.shape[0], weight.shape[0]
+        token_loss = torch.zeros(rows_total, dtype=torch.float32, device=features.device)
+        grad_x = torch.empty(features.shape, dtype=torch.float32, device=features.device) if need_x else None
+        grad_w = None
+        grad_b = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if need_b else None
+        scale = (labels != -100).float() / divisor.float()
+        if label_weights is not None:
+            scale = scale * label_weights.float()
+        buffer = torch.empty(min(chunk_rows, rows_total), vocab, dtype=torch.float32, device=features.device)
+        for lo in range(0, rows_total, chunk_rows):
+            rows = slice(lo, lo + chunk_rows)
+            x, y = features[rows], labels[rows]
+            logits = matmul_into(buffer[: x.shape[0]], x, weight.t(), bias)  # (m, V) fp32
+            target = logits.gather(1, y.clamp(min=0).unsqueeze(1)).squeeze(1)
+            lse = softmax_(logits).squeeze(1)  # logits now hold the softmax
+            token_loss[rows] = (lse - target) * (y != -100)
+            if not (need_x or need_w or need_b):
+                continue
+            # ∂loss/∂logits = (softmax − one-hot(y)) · scale_n, in the buffer
+            grad = logits
+            grad[torch.arange(grad.shape[0], device=grad.device), y.clamp(min=0)] -= 1.0
+            grad.mul_(scale[rows].unsqueeze(1))
+            if need_b:
+                grad_b += grad.sum(dim=0)
+            grad_mm = grad.to(weight.dtype)
+            if need_x:
+                matmul_into(grad_x[rows], grad_mm, weight)
+            if need_w:
+                grad_w = accumulate_matmul(grad_w, grad_mm.t(), x)
+        if need_w and grad_w is None:  # no positions
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        ctx.grads = (grad_x, grad_w, grad_b)
+        ctx.dtypes = (features.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(token_loss)
+        return (token_loss * scale).sum(), token_loss
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_token_loss):
+        if ctx.grads is None:
+            raise RuntimeError("HeadCrossEntropy supports one backward per forward (its gradients are precomputed "
+                               "and handed over); recompute the loss for a second backward")
+        grads, ctx.grads = ctx.grads, None
+        out = [None if g is None else g.mul_(grad_loss).to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
+        return (*out, None, None, None, None, None)
 
 
 class DSLPreTrainedModel(PreTrainedModel):
@@ -277,6 +359,9 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         labels: Optional[torch.LongTensor] = None,
         generator: Optional[torch.Generator] = None,
         clean_mask: Optional[torch.Tensor] = None,
+        label_weights: Optional[torch.Tensor] = None,
+        num_items_in_batch=None,
+        return_logits: bool = True,
         return_dict: Optional[bool] = None,
     ):
         """Predict tokens from noisy embeddings.
@@ -293,6 +378,12 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             generator: randomness of the corruption noise.
             clean_mask: (B, L) bool, positions fed noise-free (z = γ·E[ids]), e.g. prompt tokens.
                 Only with `input_ids`.
+            label_weights: (B, L) per-position loss weights (e.g. MDLM's 1/t); default 1.
+            num_items_in_batch: divisor of the weighted CE sum (a number or 0-d tensor), e.g. a
+                trainer's token count; default the number of scored positions (a token mean).
+            return_logits: False skips the (B, L, V) logits (`logits` is then None): with `labels`
+                the loss is computed by the chunked LM head + CE (`HeadCrossEntropy`), which keeps
+                no (B, L, V) tensor for backward — what `DSLTrainer` uses. Same loss and gradients.
         Returns:
             [`DSLDiffusionOutput`] (or a tuple when `return_dict=False`).
         """
@@ -317,22 +408,61 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
             raise ValueError(
                 f"sequence length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}"
             )
-        logits = self.logits_from_hidden(self.hidden_states(z, attention_mask))
-        loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-            if bool(((labels < 0) & (labels != -100)).any() | (labels >= self.config.vocab_size).any()):
-                raise ValueError(
-                    f"labels must be token ids in [0, vocab_size={self.config.vocab_size}) or -100 (not scored); "
-                    "set masked positions whose token is unknown to -100"
-                )
-            if attention_mask is not None:
-                labels = labels.masked_fill(~attention_mask.bool(), -100)
-            loss, _ = token_cross_entropy(logits, labels)
+            labels = self.check_labels(labels, z.shape[:2], attention_mask, label_weights)
+        hidden = self.hidden_states(z, attention_mask)
+        logits = loss = token_loss = None
+        if return_logits or labels is None:
+            logits = self.logits_from_hidden(hidden) if return_logits else None
+            if labels is not None:
+                loss, token_loss = token_cross_entropy(logits, labels, label_weights, num_items_in_batch)
+        else:
+            loss, token_loss = self.head_cross_entropy(hidden, labels, label_weights, num_items_in_batch)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output = DSLDiffusionOutput(loss=loss, logits=logits, snr=used_snr)
+        output = DSLDiffusionOutput(loss=loss, logits=logits, snr=used_snr,
+                                    token_loss=None if token_loss is None else token_loss.detach())
         return output if return_dict else output.to_tuple()
+
+    def check_labels(self, labels: torch.Tensor, shape, attention_mask=None, label_weights=None) -> torch.Tensor:
+        """`labels` (B, L) validated (`ValueError` naming what is wrong), padding set to -100."""
+        if labels.shape != tuple(shape):
+            raise ValueError(f"labels must have shape {tuple(shape)}, got {tuple(labels.shape)}")
+        if label_weights is not None and label_weights.shape != labels.shape:
+            raise ValueError(f"label_weights must have the shape of labels {tuple(shape)}, "
+                             f"got {tuple(label_weights.shape)}")
+        if bool(((labels < 0) & (labels != -100)).any() | (labels >= self.config.vocab_size).any()):
+            raise ValueError(
+                f"labels must be token ids in [0, vocab_size={self.config.vocab_size}) or -100 (not scored); "
+                "set masked positions whose token is unknown to -100"
+            )
+        if attention_mask is not None:
+            labels = labels.masked_fill(~attention_mask.bool(), -100)
+        return labels
+
+    # Positions per chunk of `HeadCrossEntropy`: about 2^23 fp32 logits (32 MiB) per temporary, as
+    # the converter's `SoftmaxConverter.chunk_elements`.
+    head_chunk_elements = 2**23
+
+    def head_cross_entropy(self, hidden: torch.Tensor, labels: torch.Tensor, label_weights=None,
+                           num_items_in_batch=None):
+        """(loss, token_loss) of the LM head on `hidden` (B, L, D) against `labels` (B, L), without
+        (B, L, V) logits: [`HeadCrossEntropy`] over the backbone's `head_features`. Falls back to
+        full logits when the backbone has no `head_features` or its head is not a plain `nn.Linear`
+        (e.g. wrapped by a PEFT adapter)."""
+        head = self.backbone.get_output_embeddings()
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            features = self.backbone.head_features(hidden) if type(head) is nn.Linear else None
+            if features is None:
+                return token_cross_entropy(self.logits_from_hidden(hidden), labels, label_weights,
+                                           num_items_in_batch)
+            scored = labels != -100
+            divisor = loss_divisor(scored, num_items_in_batch).float()
+            chunk_rows = max(1, self.head_chunk_elements // self.config.vocab_size)
+            weights = None if label_weights is None else label_weights.reshape(-1)
+            loss, token_loss = HeadCrossEntropy.apply(features.reshape(-1, features.shape[-1]).to(head.weight.dtype),
+                                                      head.weight, head.bias, labels.reshape(-1), weights, divisor,
+                                                      chunk_rows, torch.is_grad_enabled())
+        return loss, token_loss.view(labels.shape)
 
     @torch.no_grad()
     def denoise(self, noisy_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,

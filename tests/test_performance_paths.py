@@ -7,6 +7,8 @@
   per state.
 * Host syncs: low_confidence and roar steps do not sync, remdm syncs once per step.
 * `Denoiser.compiled()` / `from_model(compile=True)`: the same tokens as eager.
+* `HeadCrossEntropy` (the chunked LM head + CE of `return_logits=False`, what `DSLTrainer` uses):
+  the same loss, per-token CE and gradients as the full logits.
 Nothing here is timed; `benchmarks/` measures the speed.
 """
 
@@ -300,3 +302,99 @@ def test_inference_converter_reuses_the_padded_keys_and_notices_a_changed_embedd
     torch.testing.assert_close(first, ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(flipped, flipped_ref, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(flipped, first)
+
+
+# ----------------------------------------------------------------------------- chunked LM head + CE
+def head_loss_step(model, return_logits, labels, weights=None, num_items=None, backward_scale=0.5):
+    """Loss, per-token CE and every gradient of one training forward + backward (same noise)."""
+    model.zero_grad(set_to_none=True)
+    ids = labels.clamp(min=0)
+    snr = torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) * 10
+    snr[0, :3] = 0.0
+    out = model(input_ids=ids, snr=snr, labels=labels, label_weights=weights, num_items_in_batch=num_items,
+                generator=torch.Generator().manual_seed(2), return_logits=return_logits)
+    assert (out.logits is None) == (not return_logits)
+    (out.loss * backward_scale).backward()  # a trainer's 1/accumulation scale reaches backward
+    return out.loss.detach(), out.token_loss, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+HEAD_CASES = [
+    dict(),  # token mean
+    dict(weighted=True, num_items=37),  # MDLM's 1/t weights over a trainer's token count
+    dict(freeze=("backbone.output_layer.linear.weight",)),  # a frozen head (LoRA-style)
+    dict(backbone_type="llada", intermediate_size=48),  # bias-free head after ln_f
+]
+
+
+@pytest.mark.parametrize("case", HEAD_CASES, ids=lambda c: ",".join(map(str, c)) or "mean")
+def test_chunked_head_cross_entropy_gives_the_same_loss_and_gradients(case):
+    case = dict(case)
+    weighted, num_items, freeze = case.pop("weighted", False), case.pop("num_items", None), case.pop("freeze", ())
+    model = tiny_model(seed=1, weight_std=0.1, **case).train()
+    model.head_chunk_elements = 7 * 50  # 7 rows per chunk: 9 chunks over 60 positions, the last one short
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in freeze)
+    labels = torch.randint(0, 50, (3, 20), generator=torch.Generator().manual_seed(0))
+    labels[1, 4:9] = -100
+    weights = torch.rand(3, 20, generator=torch.Generator().manual_seed(3)) * 4 if weighted else None
+    loss, token_loss, grads = head_loss_step(model, False, labels, weights, num_items)
+    ref_loss, ref_token_loss, ref_grads = head_loss_step(model, True, labels, weights, num_items)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(token_loss, ref_token_loss, rtol=1e-6, atol=1e-6)
+    assert (token_loss[1, 4:9] == 0).all() and (token_loss[0] > 0).all()
+    head_name = [n for n, p in model.named_parameters() if p is model.get_output_embeddings().weight][0]
+    assert (grads.get(head_name) is not None) == (head_name not in freeze)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        if ref_grads[name] is None:  # unused on this path (LLaDA's wte feeds only clean prompt rows)
+            assert grad is None, name
+            continue
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_chunked_head_cross_entropy_under_bf16_weights_and_no_grad():
+    model = tiny_model(seed=1, weight_std=0.1).to(torch.bfloat16).train()
+    labels = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    loss, token_loss, grads = head_loss_step(model, False, labels)
+    ref_loss, ref_token_loss, ref_grads = head_loss_step(model, True, labels)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)  # fp32 logits from bf16 matmuls, both paths
+    for name, grad in grads.items():
+        assert grad.dtype == torch.bfloat16, name
+        torch.testing.assert_close(grad.float(), ref_grads[name].float(), rtol=2e-2, atol=2e-3, msg=name)
+    with torch.no_grad():  # evaluation: no gradient work, same loss
+        out = model(input_ids=labels, snr=torch.full((2, 16), 3.0), labels=labels,
+                    generator=torch.Generator().manual_seed(2), return_logits=False)
+        ref = model(input_ids=labels, snr=torch.full((2, 16), 3.0), labels=labels,
+                    generator=torch.Generator().manual_seed(2))
+    assert out.logits is None and not out.loss.requires_grad
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-6, atol=1e-6)
+
+
+def test_chunked_head_cross_entropy_refuses_a_second_backward():
+    model = tiny_model(seed=1, weight_std=0.1).train()
+    ids = torch.randint(0, 50, (2, 8))
+    out = model(input_ids=ids, labels=ids, return_logits=False)
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        out.loss.backward()
+
+
+def test_chunked_head_falls_back_to_full_logits_for_a_wrapped_head(monkeypatch):
+    """A head that is not a plain nn.Linear (e.g. a PEFT LoRA layer) keeps the full-logits loss."""
+    from modeling_dsl.modeling_dsl import HeadCrossEntropy
+
+    class WrappedLinear(torch.nn.Linear):
+        pass
+
+    model = tiny_model(seed=1, weight_std=0.1).train()
+    old = model.backbone.output_layer.linear
+    wrapped = WrappedLinear(old.in_features, old.out_features)
+    wrapped.load_state_dict(old.state_dict())
+    model.backbone.output_layer.linear = wrapped
+    calls = []
+    monkeypatch.setattr(HeadCrossEntropy, "apply", lambda *a: calls.append(a))
+    ids = torch.randint(0, 50, (2, 8))
+    out = model(input_ids=ids, labels=ids, generator=torch.Generator().manual_seed(0), return_logits=False)
+    ref = model(input_ids=ids, labels=ids, generator=torch.Generator().manual_seed(0))
+    assert not calls and out.logits is None
+    torch.testing.assert_close(out.loss, ref.loss)

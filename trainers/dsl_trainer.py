@@ -440,12 +440,14 @@ class DSLTrainer(Trainer):
         check_target_ids(input_ids, valid & ~prompt, self.dsl_config.vocab_size)
         generator = self.noise_generator(input_ids.device, training=model.training)
         snr, weights, n_targets, clean = self.corrupt_batch(inputs, generator)
+        # The model computes Σ weights·CE / n_targets itself; without `return_outputs` by the chunked LM
+        # head + CE (`return_logits=False`), which keeps no (B, L, V) logits for backward.
         outputs = model(input_ids=input_ids, snr=snr, attention_mask=model_mask, generator=generator,
-                        clean_mask=clean)
-        per_token = target_cross_entropy(output_logits(outputs), input_ids, weights > 0)
-        loss = (per_token * weights).sum() / n_targets.clamp(min=1)
+                        clean_mask=clean, labels=input_ids.masked_fill(~(weights > 0), -100), label_weights=weights,
+                        num_items_in_batch=n_targets, return_logits=return_outputs, return_dict=True)
+        loss = outputs["loss"]
         if model.training:
-            self._accumulate_buckets(per_token.detach(), snr, weights > 0)
+            self._accumulate_buckets(outputs["token_loss"], snr, weights > 0)
         return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
