@@ -23,7 +23,10 @@ flags), one process, in this order:
    one-time costs: new GEMM shapes, first-touch memory).
 4. With `--compile`: the masked samplers and sde called directly on `Denoiser.from_model(model)`
    and on `Denoiser.from_model(model, compile=True)`; same tokens checked, compile time reported
-   apart (a first call), then both timed, fastest of `--repeats` calls each.
+   apart (a first call), then both timed, fastest of `--repeats` calls each. Also timed: the calls
+   that `compile=True` compiles (the trunk on the draft, the whole network for sde), eager and
+   compiled, and their share of the eager run, whose complement bounds what compiling them can
+   give (the speed-up if they took no time at all).
 
 Times are the process's CPU time on a CPU device (`--clock auto`; run with `--threads 1`, see
 `measure.timed`: on a shared machine the elapsed time mostly measures the other jobs) and wall-clock
@@ -261,6 +264,33 @@ def direct_call(name, den, args, snr_max, eta, device):
                             temperature=args.lc_temperature, generator=gens)
 
 
+def compiled_parts_timed(den, device, clock: str):
+    """`den` with its fixed-shape calls (`trunk_fn`, `features_fn`: what `compiled()` compiles) timed
+    into a list of seconds, so the benchmark can report what share of a run compilation can touch."""
+    import torch
+
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    spent = []
+
+    def timing(fn):
+        def run(*a, **k):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = now()
+            out = fn(*a, **k)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            spent.append(now() - start)
+            return out
+
+        return run
+
+    den.features_fn = timing(den.features_fn)
+    if den.trunk_fn is not None:
+        den.trunk_fn = timing(den.trunk_fn)
+    return den, spent
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
@@ -318,20 +348,31 @@ def main(argv=None) -> dict:
 
         if args.compile:
             for name in [n for n in args.sampler_list if n in COMPILED]:
-                eager = Denoiser.from_model(model, visible_snr=snr_max)
-                compiled = Denoiser.from_model(model, visible_snr=snr_max, compile=True)
+                eager, eager_parts = compiled_parts_timed(Denoiser.from_model(model, visible_snr=snr_max), device,
+                                                          clock)
+                compiled, compiled_parts = compiled_parts_timed(
+                    Denoiser.from_model(model, visible_snr=snr_max, compile=True), device, clock)
                 eager_times, a = timed(lambda: direct_call(name, eager, args, snr_max, eta, device), device,
                                                args.repeats)
                 (t_first,), b = timed(lambda: direct_call(name, compiled, args, snr_max, eta, device), device)
+                compiled_parts.clear()  # the first call's compile time is not the compiled parts' run time
                 comp_times, c = timed(lambda: direct_call(name, compiled, args, snr_max, eta, device), device,
                                               args.repeats)
                 t_eager, t_comp = min(eager_times), min(comp_times)
+                parts_eager = sum(eager_parts) / args.repeats  # per call (the parts' time of each call)
+                parts_comp = sum(compiled_parts) / args.repeats
                 same = torch.equal(a.tokens, b.tokens) and torch.equal(a.tokens, c.tokens)
+                share = parts_eager / t_eager
                 results["compiled"][name] = {"eager_seconds": t_eager, "first_call_seconds": t_first,
                                              "compiled_seconds": t_comp, "speedup": t_eager / t_comp,
-                                             "same_tokens": same}
+                                             "same_tokens": same, "compiled_parts_eager_seconds": parts_eager,
+                                             "compiled_parts_compiled_seconds": parts_comp,
+                                             "compiled_parts_share": share,
+                                             "speedup_ceiling": 1 / max(1 - share, 1e-9)}
                 print(f"compiled {name}: eager {t_eager:.2f} s, first compiled call {t_first:.1f} s, compiled "
-                      f"{t_comp:.2f} s, same tokens {same}", flush=True)
+                      f"{t_comp:.2f} s, same tokens {same}; the compiled calls (trunk / whole network) take "
+                      f"{parts_eager:.2f} s eager ({100 * share:.0f} % of the run) and {parts_comp:.2f} s compiled",
+                      flush=True)
                 torch._dynamo.reset()
 
     print(f"\nfinished {time.strftime('%H:%M')}, {measure.load_average()}")
@@ -347,7 +388,9 @@ def main(argv=None) -> dict:
     for name, row in results["compiled"].items():
         print(f"compiled {name}: {row['speedup']:.2f}x eager ({row['eager_seconds']:.2f} s → "
               f"{row['compiled_seconds']:.2f} s; first call {row['first_call_seconds']:.1f} s), same tokens: "
-              f"{row['same_tokens']}")
+              f"{row['same_tokens']}; compiled calls {row['compiled_parts_eager_seconds']:.2f} s → "
+              f"{row['compiled_parts_compiled_seconds']:.2f} s, {100 * row['compiled_parts_share']:.0f} % of the eager "
+              f"run (ceiling if they took no time: {row['speedup_ceiling']:.2f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
