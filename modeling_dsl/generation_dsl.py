@@ -180,7 +180,7 @@ def _check_hybrid(config, steps):
 
 # Read by every strategy: never "unused".
 UNIVERSAL = ("strategy", "steps", "seed", "output_diagnostics", "diagnostics_positions", "visible_snr", "beta",
-             "beta_scale", "token_inputs", "suppress_token_ids")
+             "beta_scale", "token_inputs", "suppress_token_ids", "compile")
 # Read by generate() itself for every strategy that writes new tokens.
 GENERATION_FIELDS = ("gen_length", "max_new_tokens", "truncate_at_eos")
 
@@ -335,6 +335,11 @@ FIELDS: Dict[str, Field] = _fields(
                                  "allowed), the eosInf baseline of DSL-LLaDA's summarization runs (llada_dsl.md §3, "
                                  "§6); None: none, as in LLaDA's generate.py defaults", low=0, optional=True,
                                  many=True),
+        compile=Field(False, bool, "torch.compile the backbone for fixed shapes (`Denoiser.compiled`); the first "
+                      "call of each shape compiles. The same tokens as eager under the same seed unless a draw or "
+                      "argmax sits on a near-tie: compiled kernels reorder float sums (hidden states differ by "
+                      "~1e-4 on a tiny model). Off by default: on the 2-core CPU it measured 1.0-1.1x eager "
+                      "(benchmarks/RESULTS.md), no GPU figure yet"),
         stop_at_eos=Field(False, bool, "end block decoding once every row has an EOS (low_confidence, and hybrid "
                           "with the low_confidence finish); never-decoded positions get the pad id; off as in "
                           "DSL-LLaDA's runs"),
@@ -683,7 +688,7 @@ class DSLGenerationMixin:
             ids = config.suppress_token_ids
             extra["suppress_token_ids"] = [ids] if isinstance(ids, int) else list(ids)
         return Denoiser.from_model(self, attention_mask, visible_snr=config.visible_snr, beta=config.beta,
-                                   beta_scale=beta_scale, **extra)
+                                   beta_scale=beta_scale, compile=config.compile, **extra)
 
     def _split_prompts(self, input_ids, attention_mask, config, device) -> List[torch.Tensor]:
         repeats = 1 if config.num_return_sequences is None else config.num_return_sequences

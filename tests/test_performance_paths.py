@@ -270,6 +270,21 @@ def test_compiled_denoiser_gives_the_same_tokens_as_eager(single_thread):
         S.Denoiser.from_model(model, compile="yes")
 
 
+@pytest.mark.slow
+def test_generate_compile_gives_the_same_tokens_and_is_validated(single_thread, monkeypatch):
+    model = tiny_model(weight_std=0.3)
+    calls, compiled_fn = [], S.Denoiser.compiled
+    monkeypatch.setattr(S.Denoiser, "compiled", lambda self, **kw: calls.append(1) or compiled_fn(self, **kw))
+    for strategy in ("mdlm", "sde"):
+        eager = model.generate(strategy=strategy, steps=8, gen_length=16, num_return_sequences=2, seed=3)
+        compiled = model.generate(strategy=strategy, steps=8, gen_length=16, num_return_sequences=2, seed=3,
+                                  compile=True)
+        assert torch.equal(eager, compiled), strategy
+    assert len(calls) == 2  # generate(compile=True) really ran the compiled denoiser, once per call
+    with pytest.raises(ValueError, match="compile must be"):
+        model.generate(strategy="mdlm", steps=4, gen_length=8, compile="yes")
+
+
 def test_split_denoiser_needs_both_parts():
     emb = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
     with pytest.raises(ValueError, match="inputs_fn and trunk_fn"):
