@@ -75,6 +75,10 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=2, help="timed calls of each sampler (fastest reported); "
                                                                  "the reference loops run once")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd denoisers against eager")
+    parser.add_argument("--compile_mode", default=None,
+                        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                        help="torch.compile mode of --compile (None: torch's default); 'reduce-overhead' adds CUDA "
+                             "graphs on a GPU")
     parser.add_argument("--no_reference", action="store_true", help="skip the reference-style loops")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast dtype")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -350,8 +354,9 @@ def main(argv=None) -> dict:
             for name in [n for n in args.sampler_list if n in COMPILED]:
                 eager, eager_parts = compiled_parts_timed(Denoiser.from_model(model, visible_snr=snr_max), device,
                                                           clock)
+                mode = {} if args.compile_mode is None else {"mode": args.compile_mode}
                 compiled, compiled_parts = compiled_parts_timed(
-                    Denoiser.from_model(model, visible_snr=snr_max, compile=True), device, clock)
+                    Denoiser.from_model(model, visible_snr=snr_max).compiled(**mode), device, clock)
                 eager_times, a = timed(lambda: direct_call(name, eager, args, snr_max, eta, device), device,
                                                args.repeats)
                 (t_first,), b = timed(lambda: direct_call(name, compiled, args, snr_max, eta, device), device)
