@@ -210,6 +210,8 @@ BAD_FIELDS = [
     (dict(suppress_token_ids=[]), "suppress_token_ids"),
     (dict(suppress_token_ids=[True]), "suppress_token_ids"),
     (dict(suppress_token_ids="7"), "suppress_token_ids"),
+    (dict(compile="yes"), "compile"),
+    (dict(compile=1), "compile"),
 ]
 
 
@@ -224,11 +226,11 @@ def test_new_fields_are_validated(model, kwargs, name):
 def test_visible_snr_beta_and_diagnostics_positions_reach_the_denoiser_and_every_sampler(model, spied):
     kw = dict(gen_length=4, steps=8, seed=0)
     model.generate(strategy="mdlm", **kw)
-    assert spied.denoiser[-1] == dict(visible_snr=None, beta=None, beta_scale=1.0)
-    model.generate(strategy="sde", visible_snr=80.0, beta_scale=2.0, **kw)
-    assert spied.denoiser[-1] == dict(visible_snr=80.0, beta=None, beta_scale=2.0)
+    assert spied.denoiser[-1] == dict(visible_snr=None, beta=None, beta_scale=1.0, compile=False)
+    model.generate(strategy="sde", visible_snr=80.0, beta_scale=2.0, compile=True, **kw)
+    assert spied.denoiser[-1] == dict(visible_snr=80.0, beta=None, beta_scale=2.0, compile=True)
     model.generate(strategy="correct", input_ids=torch.tensor([[1, 2, 3]]), beta=1.5, visible_snr=40.0, steps=2)
-    assert spied.denoiser[-1] == dict(visible_snr=40.0, beta=1.5, beta_scale=1.0)
+    assert spied.denoiser[-1] == dict(visible_snr=40.0, beta=1.5, beta_scale=1.0, compile=False)
     for strategy in gd.STRATEGIES:
         ids = torch.tensor([[1, 2, 3]]) if strategy == "correct" else None
         model.generate(ids, strategy=strategy, diagnostics_positions="all", **kw)
