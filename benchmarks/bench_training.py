@@ -7,7 +7,8 @@ Two objectives on the same data (one random batch of token ids), each in a fresh
   embeddings, softmax converter, DiT, token CE over every position).
 * mdlm: the same `MDLMDiT` module (same config, same output layer) fed by a plain
   `nn.Embedding(V + 1, D)` table with the mask row, no converter, trained with MDLM's objective:
-  t ~ U(eps, 1) per row (antithetic), each token masked with probability t, logits on every
+  t ~ U(eps, 1) per row (antithetic), each token masked with probability (1 − eps)·t
+  (`noise_dsl.mdlm_masking`, as `DSLTrainer(objective="mdlm")`), logits on every
   position, CE at the masked positions weighted 1/t (the log-linear schedule's SUBS weight), mean
   over all tokens. Our `objective="mdlm"` runs through the converter, so it cannot show the
   converter's cost; this baseline does. `--mdlm_loss full_logits` (default) computes that CE as
@@ -111,11 +112,12 @@ def mdlm_step(model, optimizer, ids, generator, autocast, mask_id: int, eps: flo
     import torch
     import torch.nn.functional as F
 
-    from modeling_dsl.modeling_dsl import HeadCrossEntropy
+    from modeling_dsl.modeling_dsl import DSLForDiffusionLM, HeadCrossEntropy
+    from modeling_dsl.noise_dsl import mdlm_masking
 
     batch, length = ids.shape
     head = model.backbone.get_output_embeddings()
-    chunk_rows = max(1, 2**23 // head.weight.shape[0])  # as DSLForDiffusionLM.head_chunk_elements
+    chunk_rows = max(1, DSLForDiffusionLM.head_chunk_elements // head.weight.shape[0])
 
     def weighted_ce(hidden, weights):
         """Σ_n weights_n CE_n / (B·L) of the LM head on hidden (B, L, D)."""
@@ -129,10 +131,7 @@ def mdlm_step(model, optimizer, ids, generator, autocast, mask_id: int, eps: flo
         return (nll.view(batch, length) * weights).sum() / (batch * length)
 
     def step():
-        offset = torch.arange(batch, device=ids.device) / batch  # MDLM's antithetic t
-        u = (torch.rand(batch, generator=generator, device=ids.device) / batch + offset) % 1
-        t = (1 - eps) * u + eps
-        masked = torch.rand(batch, length, generator=generator, device=ids.device) < t[:, None]
+        t, masked = mdlm_masking(batch, length, generator, ids.device, eps)  # what DSLTrainer's "mdlm" uses
         noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
         with autocast:
             hidden = model(noisy)

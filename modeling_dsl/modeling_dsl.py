@@ -387,6 +387,8 @@ class DSLForDiffusionLM(DSLPreTrainedModel, DSLGenerationMixin):
         Returns:
             [`DSLDiffusionOutput`] (or a tuple when `return_dict=False`).
         """
+        if not isinstance(return_logits, bool):
+            raise ValueError(f"return_logits must be True or False, got {return_logits!r}")
         if (input_ids is None) == (noisy_embeds is None):
             raise ValueError("pass exactly one of input_ids and noisy_embeds")
         if noisy_embeds is not None:

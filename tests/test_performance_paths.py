@@ -388,6 +388,8 @@ def test_chunked_head_cross_entropy_under_bf16_weights_and_no_grad():
 def test_chunked_head_cross_entropy_refuses_a_second_backward():
     model = tiny_model(seed=1, weight_std=0.1).train()
     ids = torch.randint(0, 50, (2, 8))
+    with pytest.raises(ValueError, match="return_logits"):
+        model(input_ids=ids, labels=ids, return_logits="no")
     out = model(input_ids=ids, labels=ids, return_logits=False)
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward per forward"):
